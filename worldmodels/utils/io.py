@@ -1,0 +1,100 @@
+"""Atomic file writing: a kill or a full disk never leaves a file that looks complete.
+
+Everything durable is written to ``<name>.tmp-<pid>`` beside its destination, flushed,
+``fsync``-ed and then renamed over the destination (``os.replace`` is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from worldmodels.errors import WorldModelsError
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_path_for(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def describe_os_error(e: OSError, path: str | os.PathLike[str]) -> str:
+    """A one-line, actionable message for an OSError on ``path``."""
+    if e.errno == errno.ENOSPC or "no space left" in str(e).lower():
+        return f"disk full while writing {path}: free some space or point --run elsewhere"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: permission denied or read-only file system"
+    if e.errno == errno.ENOENT:
+        return f"cannot write {path}: the directory does not exist"
+    return f"cannot write {path}: {e.strerror or e}"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path; on success it is fsync-ed and renamed to ``path``.
+
+    On any exception the temporary file is removed and the destination is untouched;
+    an ``OSError`` (full disk, permissions) becomes a one-line :class:`WorldModelsError`.
+    """
+    path = Path(path)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WorldModelsError(describe_os_error(e, path)) from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents); a clear error when that is impossible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorldModelsError(describe_os_error(e, path)) from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WorldModelsError(f"cannot write {path}: permission denied")
+    return path
+
+
+def remove_stale_tmp(directory: str | os.PathLike[str]) -> int:
+    """Delete temp files a killed process left behind in ``directory``."""
+    n = 0
+    directory = Path(directory)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if TMP_MARK in p.name:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+    return n
