@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +27,30 @@ def describe_os_error(e: OSError, path: str | os.PathLike[str]) -> str:
     """A one-line, actionable message for an OSError on ``path``."""
     if e.errno == errno.ENOSPC or "no space left" in str(e).lower():
         return f"disk full while writing {path}: free some space or point --run elsewhere"
+    if e.errno == errno.EFBIG:
+        return f"cannot write {path}: file too large for the file system or the process limit (ulimit -f)"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: permission denied or read-only file system"
     if e.errno == errno.ENOENT:
         return f"cannot write {path}: the directory does not exist"
     return f"cannot write {path}: {e.strerror or e}"
+
+
+def io_error_message(e: BaseException, path: str | os.PathLike[str]) -> str | None:
+    """The one-line message for an I/O failure, or None when ``e`` is not one.
+
+    HDF5 reports write failures as ``RuntimeError`` or ``OSError`` whose text carries
+    ``errno = N``; those are mapped back to the OS error.
+    """
+    if isinstance(e, OSError) and e.errno is not None:
+        return describe_os_error(e, path)
+    match = re.search(r"errno = (\d+)", str(e))
+    if isinstance(e, (OSError, RuntimeError)) and match:
+        code = int(match.group(1))
+        return describe_os_error(OSError(code, os.strerror(code)), path)
+    if isinstance(e, OSError):
+        return describe_os_error(e, path)
+    return None
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -60,10 +80,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise WorldModelsError(describe_os_error(e, path)) from e
+        message = io_error_message(e, path)
+        if message is None:
+            raise
+        raise WorldModelsError(message) from e
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

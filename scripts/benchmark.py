@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Benchmarks, measured side by side in one run, printed as a markdown table.
+
+    python scripts/benchmark.py env       # stock CarRacing-v3 vs FastCarRacing-v3 (steps/s)
+    python scripts/benchmark.py collect   # collection env-steps/s (1 vs all workers), storage
+    python scripts/benchmark.py data      # frames/s delivered by the dataset readers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from worldmodels.cli import run_cli
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("env", help="stock vs fast CarRacing, alternating episodes")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per environment (median)")
+    p.add_argument("--steps", type=int, default=1000, help="steps per episode at most")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("collect", help="collection throughput and on-disk format sweep")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per measurement")
+    p.add_argument("--steps", type=int, default=500, help="steps per episode")
+    p.add_argument("--workers", type=int, default=0, help="'all workers' count (0 = all cores)")
+    p = sub.add_parser("data", help="dataset reader throughput")
+    p.add_argument("--path", help="an existing run dir or rollouts.h5 (default: collect a small one)")
+    p.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    args = parser.parse_args()
+
+    from worldmodels.benchmark import format_table
+
+    if args.what == "env":
+        from worldmodels.benchmark.env import run
+
+        rows = run(args.episodes, args.steps, args.seed)
+    elif args.what == "collect":
+        from worldmodels.benchmark.collect import run
+
+        rows = run(args.episodes, args.steps, args.workers)
+    else:
+        from worldmodels.benchmark.data import run
+
+        rows = run(args.path, args.quick)
+    print(f"# benchmark {args.what} on {_machine()}")
+    print(format_table(rows))
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,6 @@
+import os
+
+# Tests run on 2 shared cores: one BLAS/torch thread each, no pygame window.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")

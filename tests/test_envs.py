@@ -1,0 +1,143 @@
+"""FastCarRacing must be bit-identical to gymnasium's CarRacing-v3."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import worldmodels.envs as envs
+from worldmodels.data.policies import BrownianPolicy
+from worldmodels.envs import FastCarRacing, preprocess_frame, preprocess_frames
+
+
+def _actions(kind: str, seed: int, n: int, continuous: bool):
+    rng = np.random.default_rng(seed)
+    if not continuous:
+        return [int(a) for a in rng.integers(0, 5, n)]
+    if kind == "brownian":
+        pol = BrownianPolicy(rng)
+        return [pol.act(None) for _ in range(n)]
+    if kind == "full_gas_turns":  # drives fast, leaves the road, touches kerbs
+        return [np.array([np.sin(t / 25.0), 1.0, 0.0], np.float32) for t in range(n)]
+    return [rng.uniform([-1, 0, 0], [1, 1, 1]).astype(np.float32) for _ in range(n)]
+
+
+def _trace(env_id: str, seed: int, actions, **kwargs):
+    env = gym.make(env_id, **kwargs)
+    obs, info = env.reset(seed=seed)
+    out = [(obs, info)]
+    for a in actions:
+        step = env.step(a)
+        out.append(step)
+        if step[2] or step[3]:
+            break
+    env.close()
+    return out
+
+
+def _assert_same(stock, fast):
+    assert len(stock) == len(fast)
+    for t, (s, f) in enumerate(zip(stock, fast)):
+        assert s[0].dtype == f[0].dtype == np.uint8
+        assert np.array_equal(s[0], f[0]), f"observation differs at step {t}"
+        assert s[1:] == f[1:], f"reward/terminated/truncated/info differ at step {t}"
+
+
+CASES = [
+    ("brownian", {}),
+    ("uniform", {}),
+    ("full_gas_turns", {}),
+    ("brownian", {"domain_randomize": True}),
+    ("discrete", {"continuous": False}),
+    ("discrete", {"continuous": False, "domain_randomize": True}),
+]
+
+
+@pytest.mark.parametrize("policy,kwargs", CASES)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_identical_to_stock_short(policy, kwargs, seed):
+    # 120 steps: the zoom-in of the first second (50 steps) and the start of the drive.
+    acts = _actions(policy, seed, 120, kwargs.get("continuous", True))
+    stock = _trace(envs.STOCK_ENV_ID, seed, acts, **kwargs)
+    fast = _trace(envs.FAST_ENV_ID, seed, acts, **kwargs)
+    _assert_same(stock, fast)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy,kwargs", [CASES[0], CASES[2], CASES[3], CASES[4]])
+def test_identical_to_stock_full_episode(policy, kwargs):
+    seed = 3
+    acts = _actions(policy, seed, 1000, kwargs.get("continuous", True))
+    _assert_same(_trace(envs.STOCK_ENV_ID, seed, acts, **kwargs),
+                 _trace(envs.FAST_ENV_ID, seed, acts, **kwargs))
+
+
+def test_identical_rgb_array_render_and_reset_options():
+    acts = _actions("uniform", 1, 60, True)
+    out = []
+    for env_id in (envs.STOCK_ENV_ID, envs.FAST_ENV_ID):
+        env = gym.make(env_id, render_mode="rgb_array", domain_randomize=True)
+        env.reset(seed=1)
+        frames = [env.render()]
+        env.reset(seed=2, options={"randomize": False})
+        for a in acts:
+            env.step(a)
+            frames.append(env.render())
+        env.close()
+        out.append(frames)
+    for s, f in zip(*out):
+        assert s.shape == (400, 600, 3)
+        assert np.array_equal(s, f)
+
+
+def test_registered_and_subclass():
+    env = gym.make(envs.FAST_ENV_ID)
+    assert isinstance(env.unwrapped, FastCarRacing)
+    assert env.spec.max_episode_steps == gym.spec(envs.STOCK_ENV_ID).max_episode_steps == 1000
+    assert env.observation_space == gym.make(envs.STOCK_ENV_ID).observation_space
+    env.close()
+
+
+# ------------------------------------------------------------------------ preprocessing
+
+
+def _reference_area_resize(obs: np.ndarray) -> np.ndarray:
+    """Independent float reference: exact box-filter area average of the 84x96 crop."""
+    crop = obs[:84].astype(np.float64)
+
+    def weights(n_in, n_out):
+        r = n_in / n_out
+        w = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            for j in range(n_in):
+                w[i, j] = max(0.0, min((i + 1) * r, j + 1) - max(i * r, j))
+        return w / r
+
+    return np.einsum("iy,jx,yxc->ijc", weights(84, 64), weights(96, 64), crop)
+
+
+def test_preprocess_matches_area_average():
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    out = preprocess_frame(obs)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    # fixed-point weights are rounded to 1/256: within one grey level of the exact average
+    assert np.abs(out.astype(float) - _reference_area_resize(obs)).max() <= 1.0
+
+
+def test_preprocess_crops_dashboard_and_keeps_constants():
+    obs = np.full((96, 96, 3), 77, np.uint8)
+    assert (preprocess_frame(obs) == 77).all()
+    obs[84:] = 0  # the dashboard rows do not reach the 64x64 frame
+    assert (preprocess_frame(obs) == 77).all()
+    obs[83] = 0
+    assert (preprocess_frame(obs)[-1] < 77).all()
+
+
+def test_preprocess_batch_equals_single_and_rejects_bad_shapes():
+    rng = np.random.default_rng(1)
+    obs = rng.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+    batch = preprocess_frames(obs)
+    for b in range(5):
+        assert np.array_equal(batch[b], preprocess_frame(obs[b]))
+    with pytest.raises(ValueError, match="96, 96, 3"):
+        preprocess_frame(obs[0, :64])
