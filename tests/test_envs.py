@@ -141,3 +141,14 @@ def test_preprocess_batch_equals_single_and_rejects_bad_shapes():
         assert np.array_equal(batch[b], preprocess_frame(obs[b]))
     with pytest.raises(ValueError, match="96, 96, 3"):
         preprocess_frame(obs[0, :64])
+
+
+def test_preprocess_is_exact_fixed_point():
+    """The float32 BLAS path equals the same fixed-point formula computed in int64."""
+    from worldmodels.envs.preprocess import _WX, _WY
+
+    rng = np.random.default_rng(2)
+    obs = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    obs[0] = 255  # the largest sums
+    ref = (np.einsum("jx,iy,byxc->bijc", _WX, _WY, obs[:, :84].astype(np.int64)) + 32768) // 65536
+    assert np.array_equal(preprocess_frames(obs), ref)
