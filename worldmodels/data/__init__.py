@@ -1,5 +1,19 @@
 """Data: exploration policies, rollout collection to HDF5, and datasets that read it."""
 
+from typing import Any
+
 from worldmodels.data.rollouts import DATASET_NAME, FORMAT, FORMAT_VERSION, collect, open_rollouts
 
-__all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "collect", "open_rollouts"]
+# The datasets need torch; importing them lazily keeps collection workers (which import
+# this package) free of torch's import time and memory.
+_DATASET_NAMES = ("FrameDataset", "RolloutDataset", "SequenceDataset", "fits_in_memory", "load_frames")
+
+__all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "collect", "open_rollouts", *_DATASET_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATASET_NAMES:
+        from worldmodels.data import datasets
+
+        return getattr(datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ File format (``<run>/rollouts.h5``, ``format = "worldmodels/rollouts"``, version
     /episodes/000000/  attrs: seed, length
         frames         (T, 64, 64, 3) uint8   observation before the action (preprocessed)
         actions        (T, 3) float32         action taken at t (steer, gas, brake)
-        rewards        (T,) float32           reward received for that action
+        rewards        (T,) float64           reward received for that action (exact)
         terminated     (T,) bool              episode terminated by that step
         truncated      (T,) bool              episode truncated by that step
     /index/seed        (E,) int64             per-episode track seed (= seed + k)
@@ -116,7 +116,7 @@ def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
     return {
         "frames": np.stack(frames),
         "actions": np.asarray(actions, dtype=np.float32),
-        "rewards": np.asarray(rewards, dtype=np.float32),
+        "rewards": np.asarray(rewards, dtype=np.float64),  # exactly the env's rewards
         "terminated": np.asarray(terms, dtype=bool),
         "truncated": np.asarray(truncs, dtype=bool),
         "seed": seed,
@@ -229,7 +229,8 @@ def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
                         pending.add(pool.submit(_collect_part, cfg_dict, nxt, str(parts)))
         except BrokenProcessPool:
             raise WorldModelsError(
-                "a collection worker died (killed or out of memory); finished episodes are "
+                "a collection worker died or could not start (killed, out of memory, or a "
+                "script without an `if __name__ == '__main__':` guard); finished episodes are "
                 "kept: re-run the same command to resume"
             ) from None
         except BaseException:
@@ -306,9 +307,9 @@ def open_rollouts(path: str | os.PathLike[str]) -> h5py.File:
         )
     try:
         n = int(f.attrs["num_episodes"])
-        if "index/seed" not in f or len(f["index/seed"]) != n or len(f["episodes"]) != n:
+        if any(len(f[name]) != n for name in ("index/seed", "index/length", "episodes")):
             raise KeyError
-    except KeyError:
+    except (KeyError, TypeError):
         f.close()
         raise DataError(f"{path} is incomplete (missing episodes or index); collect it again") from None
     return f
