@@ -81,7 +81,91 @@ class CollectConfig:
     )
 
 
-SECTIONS: dict[str, type] = {"collect": CollectConfig}
+@dataclass
+class VAEConfig:
+    """Training V (``scripts/train_vae.py``): VAE, beta-VAE or VQ-VAE on rollout frames."""
+
+    model: str = _f("vae", "'vae' (the paper's V), 'betavae' (KL weighted by beta) or 'vqvae'",
+                    choices=("vae", "betavae", "vqvae"))
+    latent_dim: int = _f(32, "z size of the VAE (the paper's 32)")
+    beta: float = _f(4.0, "KL weight of the beta-VAE (model=betavae; model=vae uses 1)")
+    kl_tolerance: float = _f(
+        0.5, "free nats per latent dimension: the per-sample KL is floored at kl_tolerance * "
+        "latent_dim (the authors' code: 0.5 * 32 = 16 nats); 0 turns it off")
+    capacity_max: float = _f(
+        0.0, "capacity-annealed beta-VAE (Burgess et al. 2018): the KL term becomes "
+        "gamma * |KL - C| with C growing linearly to capacity_max nats; 0 turns it off")
+    capacity_steps: int = _f(100_000, "optimiser steps over which C grows to capacity_max")
+    gamma: float = _f(1000.0, "weight of |KL - C| in the capacity-annealed objective")
+    recon: str = _f("mse", "reconstruction term: 'mse' (squared error summed over pixels, as "
+                    "the paper) or 'bernoulli' (binary cross-entropy summed)",
+                    choices=("mse", "bernoulli"))
+    codebook_size: int = _f(128, "VQ-VAE: number of codes K")
+    code_dim: int = _f(4, "VQ-VAE: code dimension D")
+    downsample: int = _f(3, "VQ-VAE: stride-2 stages; 3 gives an 8x8 code grid (64 codes)")
+    commitment: float = _f(0.25, "VQ-VAE: commitment weight beta (van den Oord et al. 2017)")
+    ema: bool = _f(True, "VQ-VAE: EMA codebook updates instead of the codebook loss")
+    dead_code_steps: int = _f(100, "VQ-VAE: restart codes unused for this many steps (0: never)")
+    prior_epochs: int = _f(10, "VQ-VAE: epochs of the autoregressive prior over code grids")
+    epochs: int = _f(10, "passes over the training frames (the authors' code: 10)")
+    batch_size: int = _f(100, "frames per batch (the authors' code: 100)")
+    lr: float = _f(1e-4, "Adam learning rate (the authors' code: 1e-4)")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0: no clipping)")
+    val_episodes: float = _f(0.05, "fraction of episodes held out for validation (by episode)")
+    seed: int = _f(0, "seed of initialisation, shuffling and sampling")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    compile: bool = _f(False, "torch.compile the model (fixed batch shape makes this pay off)")
+    in_memory: str = _f("auto", "hold all frames in (GPU) memory: 'auto' (when they fit), "
+                        "'yes' or 'no' (stream from HDF5)", choices=("auto", "yes", "no"))
+    log_every: int = _f(50, "optimiser steps between TensorBoard scalars")
+    max_steps: int = _f(0, "stop after this many optimiser steps in total (0: no limit)")
+
+
+@dataclass
+class GANConfig:
+    """Training the DCGAN baseline (``scripts/train_gan.py``) on rollout frames."""
+
+    latent_dim: int = _f(100, "noise dimension of the generator (Radford et al. 2016: 100)")
+    generator_channels: int = _f(64, "base width of the generator")
+    discriminator_channels: int = _f(64, "base width of the discriminator")
+    generator_loss: str = _f(
+        "non_saturating", "'non_saturating' (minimise -log D(G(z))) or 'minimax' "
+        "(minimise log(1 - D(G(z)))), as in the lecture notes",
+        choices=("non_saturating", "minimax"))
+    epochs: int = _f(10, "passes over the training frames")
+    batch_size: int = _f(128, "frames per batch (Radford et al. 2016: 128)")
+    lr: float = _f(2e-4, "Adam learning rate of both networks (Radford et al. 2016: 2e-4)")
+    beta1: float = _f(0.5, "Adam beta1 (Radford et al. 2016: 0.5)")
+    val_episodes: float = _f(0.05, "fraction of episodes held out (same split as V)")
+    seed: int = _f(0, "seed of initialisation, shuffling and sampling")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    compile: bool = _f(False, "torch.compile both networks")
+    in_memory: str = _f("auto", "hold all frames in (GPU) memory: 'auto', 'yes' or 'no'",
+                        choices=("auto", "yes", "no"))
+    log_every: int = _f(50, "optimiser steps between TensorBoard scalars")
+    max_steps: int = _f(0, "stop after this many generator steps in total (0: no limit)")
+
+
+@dataclass
+class CompareConfig:
+    """The generative comparison (``scripts/compare_generative.py``)."""
+
+    models: str = _f("vae,betavae,vqvae,gan", "comma-separated models to train (or load) and compare")
+    num_samples: int = _f(2000, "samples and held-out frames per metric (a fixed count, so "
+                          "FD/KID/precision/recall are comparable across models)")
+    feature_epochs: int = _f(5, "epochs of the in-project feature CNN (trained to predict "
+                             "actions and rewards from frames, a task none of the models has)")
+    pr_neighbours: int = _f(3, "k of the k-NN manifolds of precision/recall (Kynkaanniemi 2019)")
+    seed: int = _f(0, "seed of sampling and metric subsets")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+
+
+SECTIONS: dict[str, type] = {
+    "collect": CollectConfig,
+    "vae": VAEConfig,
+    "gan": GANConfig,
+    "compare": CompareConfig,
+}
 
 
 @dataclass
@@ -89,6 +173,9 @@ class Config:
     """The whole configuration: one attribute per stage section."""
 
     collect: CollectConfig = field(default_factory=CollectConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,19 +205,45 @@ def _check_type(section: str, name: str, value: Any, typ: Any) -> Any:
     return value
 
 
+def _positive(section: str, obj: Any, names: tuple[str, ...], minimum: float = 1) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name} must be >= {minimum:g}, got {value}")
+
+
 def validate(cfg: Config) -> Config:
+    """Impossible values and unknown choices are :class:`ConfigError`s."""
     c = cfg.collect
-    for name in ("episodes", "max_steps", "chunk_frames"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"collect.{name} must be >= 1, got {getattr(c, name)}")
-    if c.workers < 0:
-        raise ConfigError(f"collect.workers must be >= 0 (0 = all cores), got {c.workers}")
-    if c.seed < 0:
-        raise ConfigError(f"collect.seed must be >= 0, got {c.seed}")
+    _positive("collect", c, ("episodes", "max_steps", "chunk_frames"))
+    _positive("collect", c, ("workers", "seed"), 0)
     if not 0 < c.brownian_dt <= 1:
         raise ConfigError(f"collect.brownian_dt must be in (0, 1], got {c.brownian_dt}")
     if not 1 <= c.compression_level <= 9:
         raise ConfigError(f"collect.compression_level must be in 1..9, got {c.compression_level}")
+    v = cfg.vae
+    _positive("vae", v, ("latent_dim", "codebook_size", "code_dim", "downsample", "epochs",
+                         "batch_size", "log_every", "capacity_steps"))
+    _positive("vae", v, ("kl_tolerance", "capacity_max", "gamma", "grad_clip", "seed",
+                         "max_steps", "dead_code_steps", "prior_epochs", "beta", "commitment"), 0)
+    g = cfg.gan
+    _positive("gan", g, ("latent_dim", "generator_channels", "discriminator_channels", "epochs",
+                         "batch_size", "log_every"))
+    _positive("gan", g, ("seed", "max_steps"), 0)
+    for section, obj in (("vae", v), ("gan", g)):
+        if not obj.lr > 0:
+            raise ConfigError(f"{section}.lr must be > 0, got {obj.lr}")
+        if not 0 <= obj.val_episodes < 1:
+            raise ConfigError(f"{section}.val_episodes must be in [0, 1), got {obj.val_episodes}")
+    if not 0 <= g.beta1 < 1:
+        raise ConfigError(f"gan.beta1 must be in [0, 1), got {g.beta1}")
+    m = cfg.compare
+    _positive("compare", m, ("num_samples", "feature_epochs", "pr_neighbours"))
+    known = {"vae", "betavae", "vqvae", "gan"}
+    models = [x.strip() for x in m.models.split(",") if x.strip()]
+    if not models or set(models) - known:
+        raise ConfigError(f"compare.models must be a comma-separated subset of "
+                          f"{', '.join(sorted(known))}; got {m.models!r}")
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):
