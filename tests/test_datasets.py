@@ -377,3 +377,16 @@ def test_fits_in_memory(synthetic):
     assert free is not None and free > 0
     assert fits_in_memory(path, "cpu")
     assert not fits_in_memory(path, "cpu", fraction=frame_bytes(path) / free / 1000)
+
+
+def test_split_episodes_is_a_deterministic_partition():
+    from worldmodels.data import split_episodes
+
+    train, val = split_episodes(20, 0.1, seed=3)
+    assert len(val) == 2 and len(train) == 18
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(20))
+    again = split_episodes(20, 0.1, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert not np.array_equal(val, split_episodes(20, 0.1, seed=4)[1])
+    assert len(split_episodes(3, 0.01)[1]) == 1  # something is always held out
+    assert len(split_episodes(1, 0.5)[1]) == 0  # but never everything

@@ -6,7 +6,10 @@ from worldmodels.data.rollouts import DATASET_NAME, FORMAT, FORMAT_VERSION, coll
 
 # The datasets need torch; importing them lazily keeps collection workers (which import
 # this package) free of torch's import time and memory.
-_DATASET_NAMES = ("FrameDataset", "RolloutDataset", "SequenceDataset", "fits_in_memory", "load_frames")
+_DATASET_NAMES = (
+    "FrameDataset", "RolloutDataset", "SequenceDataset", "fits_in_memory", "load_frames",
+    "split_episodes",
+)
 
 __all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "collect", "open_rollouts", *_DATASET_NAMES]
 

@@ -582,3 +582,24 @@ def _load_frames_staged(rollouts: RolloutDataset, chosen: np.ndarray, device: to
     if pin:
         torch.cuda.current_stream(device).synchronize()
     return frames.movedim(-1, -3)
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation split *by episode* (frames of one episode are
+    strongly correlated, so a split by frame would leak).
+
+    :param num_episodes: E, the number of episodes.
+    :param val_fraction: share of episodes held out, in [0, 1); at least one episode is
+        held out when ``val_fraction > 0`` and E >= 2.
+    :param seed: the split depends only on (E, val_fraction, seed).
+    :return: sorted int64 arrays ``(train, val)`` partitioning ``range(E)``.
+    """
+    if num_episodes < 1:
+        raise DataError("the dataset has no episodes to split")
+    n_val = int(round(num_episodes * val_fraction))
+    if val_fraction > 0 and num_episodes >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, num_episodes - 1)
+    perm = np.random.default_rng([seed, num_episodes, 0x5B117]).permutation(num_episodes)
+    return np.sort(perm[n_val:]).astype(np.int64), np.sort(perm[:n_val]).astype(np.int64)
