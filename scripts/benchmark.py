@@ -4,6 +4,8 @@
     python scripts/benchmark.py env       # stock CarRacing-v3 vs FastCarRacing-v3 (steps/s)
     python scripts/benchmark.py collect   # collection env-steps/s (1 vs all workers), storage
     python scripts/benchmark.py data      # frames/s delivered by the dataset readers
+    python scripts/benchmark.py vae       # V training images/s (also: betavae, vqvae)
+    python scripts/benchmark.py gan       # DCGAN training images/s (one D + one G step)
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def main() -> int:
     p = sub.add_parser("data", help="dataset reader throughput")
     p.add_argument("--path", help="an existing run dir or rollouts.h5 (default: collect a small one)")
     p.add_argument("--quick", action="store_true")
+    for name in ("vae", "betavae", "vqvae", "gan"):
+        p = sub.add_parser(name, help=f"{name} training throughput (images/s, TFLOP/s on CUDA)")
+        p.add_argument("--batch-size", type=int, default=128 if name == "gan" else 100)
+        p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args()
 
@@ -59,10 +66,18 @@ def main() -> int:
         from worldmodels.benchmark.collect import run
 
         rows = run(args.episodes, args.steps, args.workers)
-    else:
+    elif args.what == "data":
         from worldmodels.benchmark.data import run
 
         rows = run(args.path, args.quick)
+    elif args.what == "gan":
+        from worldmodels.benchmark.gan import run
+
+        rows = run(args.batch_size, args.steps, args.device)
+    else:
+        from worldmodels.benchmark.vae import run
+
+        rows = run(args.what, args.batch_size, args.steps, args.device)
     print(f"# benchmark {args.what} on {_machine()}")
     print(format_table(rows))
     if args.json:
