@@ -47,7 +47,7 @@ def build_parser(description: str, sections: Sequence[str], run_required: bool =
         for f in dataclasses.fields(cls):
             typ = hints[f.name]
             kw: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None,
-                                  "help": f"{f.metadata.get('help', '')} (default: {f.default!r})"}
+                                  "help": f"{f.metadata.get('help', '')} (default: {f.default!r})".replace("%", "%%")}
             if typ is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
