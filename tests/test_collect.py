@@ -181,3 +181,33 @@ def test_script_prints_summary_and_grid(tmp_path):
     grid = iio.imread(tmp_path / "rollouts_grid.png")
     assert grid.ndim == 3 and grid.shape[2] == 3
     assert (tmp_path / "config.json").exists()
+
+
+def test_ctrl_c_stops_workers_at_once_and_resumes(reference, tmp_path):
+    args = [sys.executable, str(SCRIPTS / "collect_rollouts.py"), "--run", str(tmp_path),
+            "--episodes", "3", "--max-steps", "40", "--seed", "5", "--workers", "2", "--no-grid"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a new session, as a terminal's foreground job: Ctrl-C reaches every process of it
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / PARTS_DIR
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("ep-*.h5")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "re-run the same command to resume" in err and "Traceback" not in err
+    # no worker left behind (multiprocessing's resource tracker may take a moment to go)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("processes of the interrupted collection are still running")
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert_same_data(reference, tmp_path / DATASET_NAME)

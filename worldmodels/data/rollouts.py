@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -162,6 +163,9 @@ _WORKER: dict[str, Any] = {}
 def _pin_worker(core_queue) -> None:
     """Pool initializer: pin to one core and use one BLAS/torch thread (2-core machines
     slow down with unpinned workers fighting the main process for the same cores)."""
+    # Ctrl-C goes to the whole process group: only the main process handles it (and
+    # stops the workers), so no worker dies mid-task leaving the pool hung.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     with contextlib.suppress(Exception):
@@ -208,35 +212,46 @@ def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
     for i in range(workers):
         cores.put(usable_cores()[i % len(usable_cores())])
     cfg_dict = dataclasses.asdict(cfg)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
-                             initargs=(cores,)) as pool:
-        pending = set()
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
+                               initargs=(cores,))
+    pending: set = set()
+    try:
         it = iter(todo)
         # Keep about two tasks per worker queued: enough to never idle, few enough that
-        # Ctrl-C does not have to wait for a long queue.
+        # an interruption wastes little.
         for k in it:
             pending.add(pool.submit(_collect_part, cfg_dict, k, str(parts)))
             if len(pending) >= 2 * workers:
                 break
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    k, T = fut.result()
-                    on_done(k, T)
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(_collect_part, cfg_dict, nxt, str(parts)))
-        except BrokenProcessPool:
-            raise WorldModelsError(
-                "a collection worker died or could not start (killed, out of memory, or a "
-                "script without an `if __name__ == '__main__':` guard); finished episodes are "
-                "kept: re-run the same command to resume"
-            ) from None
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k, T = fut.result()
+                on_done(k, T)
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_collect_part, cfg_dict, nxt, str(parts)))
+    except BrokenProcessPool:
+        _stop_pool(pool)
+        raise WorldModelsError(
+            "a collection worker died or could not start (killed, out of memory, or a "
+            "script without an `if __name__ == '__main__':` guard); finished episodes are "
+            "kept: re-run the same command to resume"
+        ) from None
+    except BaseException:
+        # Ctrl-C, an error in one episode, ...: the episodes in flight are dropped (their
+        # part files are written atomically, so none is half there) and the workers are
+        # stopped at once instead of finishing their queue.
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_ray(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
