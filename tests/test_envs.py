@@ -152,3 +152,14 @@ def test_preprocess_is_exact_fixed_point():
     obs[0] = 255  # the largest sums
     ref = (np.einsum("jx,iy,byxc->bijc", _WX, _WY, obs[:, :84].astype(np.int64)) + 32768) // 65536
     assert np.array_equal(preprocess_frames(obs), ref)
+
+
+def test_cached_font_survives_pygame_quit():
+    import pygame
+
+    env = gym.make(envs.FAST_ENV_ID)
+    first, _ = env.reset(seed=4)
+    pygame.quit()  # what closing any human-mode CarRacing does: every Font becomes invalid
+    again, _ = env.reset(seed=4)
+    env.close()
+    assert np.array_equal(first, again)

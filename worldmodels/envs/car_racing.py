@@ -162,9 +162,13 @@ class FastCarRacing(CarRacing):
         cache = FastCarRacing._text_cache
         text = cache.get(label)
         if text is None:
-            if FastCarRacing._font is None:
+            try:
+                if FastCarRacing._font is None:
+                    raise pygame.error("no font yet")
+                text = FastCarRacing._font.render(label, True, (255, 255, 255), (0, 0, 0))
+            except pygame.error:  # first use, or pygame.quit() invalidated the cached font
                 FastCarRacing._font = pygame.font.Font(pygame.font.get_default_font(), 42)
-            text = FastCarRacing._font.render(label, True, (255, 255, 255), (0, 0, 0))
+                text = FastCarRacing._font.render(label, True, (255, 255, 255), (0, 0, 0))
             if len(cache) > 4096:
                 cache.clear()
             cache[label] = text
