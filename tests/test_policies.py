@@ -42,8 +42,15 @@ def test_brownian_increments_have_the_right_scale():
 
 
 def test_random_weights_uses_the_original_action_mapping():
+    import torch
+
+    from worldmodels.control import map_action
+
     assert np.allclose(controller_action(np.array([0.0, 0.0, -1.0])), [0.0, 0.5, 0.0])
-    assert np.allclose(controller_action(np.array([100.0, 100.0, 3.0])), [1.0, 1.0, 1.0])
+    assert np.allclose(controller_action(np.array([100.0, 100.0, 30.0])), [1.0, 1.0, 1.0])
+    raw = np.random.default_rng(0).normal(0, 2, (50, 3))
+    ref = map_action(torch.from_numpy(raw)).numpy()
+    assert np.allclose(np.stack([controller_action(r) for r in raw]), ref, atol=1e-6)
     pol = RandomWeightsPolicy(np.random.default_rng(1), stdev_max=5.0)
     other = FRAME.copy()
     other[:32] = 0

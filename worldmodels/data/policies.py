@@ -25,10 +25,11 @@ HIGH = np.array([1.0, 1.0, 1.0])
 
 
 def controller_action(raw: np.ndarray) -> np.ndarray:
-    """The original's action mapping from an unbounded 3-vector:
-    steer = tanh, gas = (tanh + 1) / 2, brake = clip(., 0, 1)."""
-    t = np.tanh(raw[:2])
-    return np.array([t[0], (t[1] + 1.0) / 2.0, min(max(raw[2], 0.0), 1.0)], dtype=np.float32)
+    """The original's action mapping (authors' ``get_action``) from an unbounded 3-vector:
+    t = tanh(raw); steer = t_0, gas = (t_1 + 1) / 2, brake = clip(t_2, 0, 1). The numpy twin
+    of :func:`worldmodels.control.map_action` (collection workers do without torch)."""
+    t = np.tanh(raw)
+    return np.array([t[0], (t[1] + 1.0) / 2.0, min(max(t[2], 0.0), 1.0)], dtype=np.float32)
 
 
 class Policy:
