@@ -1,7 +1,6 @@
 """Every script answers --help (exit 0, a usage line, no traceback)."""
 
 import pytest
-
 from helpers import SCRIPTS, run_script
 
 SCRIPT_NAMES = sorted(p.name for p in SCRIPTS.glob("*.py"))
