@@ -298,7 +298,7 @@ def open_rollouts(path: str | os.PathLike[str]) -> h5py.File:
     """Open a rollouts file read-only, with one-line errors for missing, corrupt or
     foreign files."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix not in (".h5", ".hdf5"):  # a run directory
         path = path / DATASET_NAME
     if not path.exists():
         raise DataError(
