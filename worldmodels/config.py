@@ -93,8 +93,9 @@ class VAEConfig:
         0.5, "free nats per latent dimension: the per-sample KL is floored at kl_tolerance * "
         "latent_dim (the authors' code: 0.5 * 32 = 16 nats); 0 turns it off")
     capacity_max: float = _f(
-        0.0, "capacity-annealed beta-VAE (Burgess et al. 2018): the KL term becomes "
-        "gamma * |KL - C| with C growing linearly to capacity_max nats; 0 turns it off")
+        0.0, "capacity-annealed beta-VAE (Burgess et al. 2018, model=betavae): the KL term "
+        "becomes gamma * |KL - C| with C growing linearly to capacity_max nats, replacing "
+        "beta and the kl_tolerance floor; 0 turns it off")
     capacity_steps: int = _f(100_000, "optimiser steps over which C grows to capacity_max")
     gamma: float = _f(1000.0, "weight of |KL - C| in the capacity-annealed objective")
     recon: str = _f("mse", "reconstruction term: 'mse' (squared error summed over pixels, as "
@@ -107,6 +108,8 @@ class VAEConfig:
     ema: bool = _f(True, "VQ-VAE: EMA codebook updates instead of the codebook loss")
     dead_code_steps: int = _f(100, "VQ-VAE: restart codes unused for this many steps (0: never)")
     prior_epochs: int = _f(10, "VQ-VAE: epochs of the autoregressive prior over code grids")
+    prior_lr: float = _f(3e-4, "VQ-VAE: Adam learning rate of the code prior (a small "
+                         "transformer; 3e-4 as minGPT)")
     epochs: int = _f(10, "passes over the training frames (the authors' code: 10)")
     batch_size: int = _f(100, "frames per batch (the authors' code: 100)")
     lr: float = _f(1e-4, "Adam learning rate (the authors' code: 1e-4)")
@@ -226,6 +229,12 @@ def validate(cfg: Config) -> Config:
                          "batch_size", "log_every", "capacity_steps"))
     _positive("vae", v, ("kl_tolerance", "capacity_max", "gamma", "grad_clip", "seed",
                          "max_steps", "dead_code_steps", "prior_epochs", "beta", "commitment"), 0)
+    if not 1 <= v.downsample <= 6:
+        raise ConfigError(f"vae.downsample must be in 1..6 for 64x64 frames, got {v.downsample}")
+    if v.codebook_size < 2:
+        raise ConfigError(f"vae.codebook_size must be >= 2, got {v.codebook_size}")
+    if not v.prior_lr > 0:
+        raise ConfigError(f"vae.prior_lr must be > 0, got {v.prior_lr}")
     g = cfg.gan
     _positive("gan", g, ("latent_dim", "generator_channels", "discriminator_channels", "epochs",
                          "batch_size", "log_every"))
