@@ -1,0 +1,371 @@
+"""VAE vs β-VAE vs VQ-VAE vs GAN on the same CarRacing frames, measured properly.
+
+The lecture's "VAE vs GAN" question, answered with numbers: every model is trained (or
+loaded, when its run is finished) on the training episodes of one ``rollouts.h5`` and
+judged on the *held-out* episodes (the split of :func:`split_episodes`, the one V uses):
+
+* **Reconstruction** (encoders only): MSE per pixel and PSNR of held-out frames through
+  the encoder and decoder (the VAEs decode their posterior mean).
+* **Likelihood** (VAEs): ELBO in nats per frame and bits per dimension, with the
+  Gaussian decoder documented in :mod:`worldmodels.train.vae`.
+* **Codes** (VQ-VAE): perplexity and the fraction of the codebook used over the whole
+  held-out set, not per batch.
+* **Sample quality**, all at one fixed sample count: Fréchet distance (Heusel et al.
+  2017), KID (Bińkowski et al. 2018) and precision/recall (Kynkäänniemi et al. 2019) of
+  model samples against held-out frames, in two feature spaces that belong to none of
+  the compared models: a CNN trained here to predict actions, reward and grass from
+  frames, and the same CNN with random weights. No pretrained Inception network can be
+  downloaded here, and features learnt by one of the compared models would favour it.
+  A "real vs real" row (training frames against held-out frames) gives the floor.
+* **Cost**: training wall time and images/s of each model.
+
+Writes ``<run>/compare/report.md``, ``report.json`` and figures (samples,
+reconstructions, interpolations, a β-VAE latent traversal, and the evolution of samples
+across epochs for the VAE and the GAN side by side).
+
+    python scripts/compare_generative.py --run runs/demo --preset smoke
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.config import Config, save_resolved
+from worldmodels.data.datasets import RolloutDataset, split_episodes
+from worldmodels.errors import DataError
+from worldmodels.generative.metrics import psnr
+from worldmodels.utils.images import make_grid, save_png
+from worldmodels.utils.io import atomic_write_text, ensure_dir
+from worldmodels.utils.torch import resolve_device
+
+VAE_MODELS = ("vae", "betavae", "vqvae")
+SHOWN = 8  # frames per row in the figures
+
+
+def _models(cfg: Config) -> list[str]:
+    return [m.strip() for m in cfg.compare.models.split(",") if m.strip()]
+
+
+def _pick_frames(rollouts: RolloutDataset, episodes: np.ndarray, n: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``n`` frames (or all, if fewer) drawn without replacement from ``episodes``:
+    (n, 64, 64, 3) uint8, in a fixed order for a fixed ``rng``."""
+    lengths = rollouts.lengths[episodes]
+    total = int(lengths.sum())
+    if total == 0:
+        raise DataError("no frames in the held-out episodes: collect more episodes")
+    picks = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    out = []
+    for j, k in enumerate(episodes):
+        lo, hi = offsets[j], offsets[j + 1]
+        sel = picks[(picks >= lo) & (picks < hi)] - lo
+        if len(sel):
+            out.append(rollouts.read(int(k), "frames")[sel])
+    frames = np.concatenate(out)
+    return frames[rng.permutation(len(frames))]
+
+
+def _nchw(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).to(device)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
+    x = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def _reconstruct(name: str, model: torch.nn.Module, frames: torch.Tensor,
+                 batch: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(frames), batch):
+        x = frames[i:i + batch].float() / 255.0
+        if name == "vqvae":
+            x_hat, _ = model(x)
+        else:
+            mu, _ = model.encode(x)
+            x_hat = model.decode(mu)
+        out.append(x_hat.float().clamp(0, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _sample(name: str, run_dir: Path, model: torch.nn.Module | None, n: int, seed: int,
+            device: torch.device) -> np.ndarray:
+    """``n`` samples (n, 64, 64, 3) uint8 from a model."""
+    if name == "gan":
+        from worldmodels.train.gan import sample_gan
+
+        return sample_gan(run_dir, n, seed=seed, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    prior_gen = None
+    out = []
+    for i in range(0, n, 256):
+        m = min(256, n - i)
+        if name == "vqvae":
+            from worldmodels.train.vae import load_code_prior
+
+            prior = load_code_prior(run_dir, device)
+            if prior_gen is None:  # the prior samples on its device: a generator there
+                prior_gen = torch.Generator(device=device).manual_seed(seed)
+            codes = prior.sample(m, temperature=1.0, generator=prior_gen)
+            out.append(_to_uint8(model.decode_codes(codes.to(device))))
+        else:
+            out.append(_to_uint8(model.sample(m, generator=gen)))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def _interpolations(name: str, run_dir: Path, model: torch.nn.Module | None,
+                    pair: torch.Tensor, seed: int, device: torch.device) -> np.ndarray:
+    """SHOWN frames along a straight line in latent space: between the codes of two
+    held-out frames (encoders; the VQ-VAE interpolates before quantising) or two noise
+    vectors (GAN)."""
+    t = torch.linspace(0, 1, SHOWN, device=device)[:, None]
+    if name == "gan":
+        from worldmodels.generative.gan import from_gan_range
+        from worldmodels.train.gan import load_gan
+
+        gan = load_gan(run_dir, device)
+        z = gan.sample_latent(2, generator=torch.Generator().manual_seed(seed))  # (2, L)
+        return _to_uint8(from_gan_range(gan((1 - t) * z[:1] + t * z[1:])))
+    x = pair.float() / 255.0
+    if name == "vqvae":
+        z_e = model.encode(x)
+        zs = (1 - t.view(-1, 1, 1, 1)) * z_e[:1] + t.view(-1, 1, 1, 1) * z_e[1:]
+        return _to_uint8(model.decode(model.quantizer(zs).quantized))
+    mu, _ = model.encode(x)
+    return _to_uint8(model.decode((1 - t) * mu[:1] + t * mu[1:]))
+
+
+@torch.no_grad()
+def _traversal(model: torch.nn.Module, frames: torch.Tensor, dims: int = 8) -> np.ndarray:
+    """β-VAE latent traversal: from one held-out frame's posterior mean, each of the
+    ``dims`` most informative latent dimensions (largest mean KL over the held-out set)
+    swept over [-3, 3]; one row per dimension."""
+    x = frames.float() / 255.0
+    mu, logvar = model.encode(x)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+    order = torch.argsort(kl, descending=True)[:dims]
+    base = mu[:1]
+    values = torch.linspace(-3, 3, SHOWN, device=x.device)
+    rows = []
+    for d in order.tolist():
+        z = base.repeat(SHOWN, 1)
+        z[:, d] = values
+        rows.append(model.decode(z))
+    return _to_uint8(torch.cat(rows))
+
+
+def _evolution(run_dir: Path, names: list[str], out: Path) -> Path | None:
+    """Samples across epochs, the models side by side: one row per logged sample grid
+    (the fixed-noise grids the training loops save each epoch)."""
+    import imageio.v3 as iio
+
+    columns = []
+    for name in names:
+        files = sorted((run_dir / name / "images").glob("*samples_*.png"),
+                       key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+        if files:
+            # the first row of each grid (8 samples of 64 px, 2 px padding): one row per epoch
+            columns.append([iio.imread(f)[:68, :, :3] for f in files])
+    if len(columns) < 2:
+        return None
+    rows = min(len(c) for c in columns)
+    # evenly spaced epochs when one model logged more grids than the other
+    picked = [[c[i] for i in np.linspace(0, len(c) - 1, rows).round().astype(int)]
+              for c in columns]
+    h = max(img.shape[0] for c in picked for img in c)
+    w = max(img.shape[1] for c in picked for img in c)
+    canvas = np.full((rows * (h + 4), len(picked) * (w + 8), 3), 255, np.uint8)
+    for j, col in enumerate(picked):
+        for i, img in enumerate(col):
+            canvas[i * (h + 4):i * (h + 4) + img.shape[0],
+                   j * (w + 8):j * (w + 8) + img.shape[1]] = img
+    return save_png(canvas, out)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.{digits}g}"
+    return str(v)
+
+
+def _report_md(report: dict[str, Any]) -> str:
+    spaces = report["feature_spaces"]
+    lines = [
+        "# Generative models compared on CarRacing frames",
+        "",
+        f"Dataset: {report['dataset']['episodes']} episodes ({report['dataset']['train_episodes']} "
+        f"train / {report['dataset']['val_episodes']} held out), "
+        f"{report['num_samples']} held-out frames and {report['num_samples']} samples per "
+        f"metric. Device: {report['device']}.",
+        "",
+        "## Reconstruction, likelihood, codes, cost",
+        "",
+        "| model | params | train s | images/s | recon MSE | PSNR dB | ELBO nats | bits/dim "
+        "| perplexity | codes used |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["models"].items():
+        lines.append("| " + " | ".join([
+            name, _fmt(r.get("params")), _fmt(r.get("train_seconds")),
+            _fmt(r.get("images_per_s")), _fmt(r.get("recon_mse"), 4), _fmt(r.get("psnr")),
+            _fmt(r.get("elbo")), _fmt(r.get("bits_per_dim")), _fmt(r.get("perplexity")),
+            _fmt(r.get("codes_used")),
+        ]) + " |")
+    for space in spaces:
+        lines += ["", f"## Sample quality in the {space} feature space", "",
+                  "| samples from | FD ↓ | KID ↓ | precision ↑ | recall ↑ |", "|---|---|---|---|---|"]
+        rows = {"real (training frames)": report["real_floor"][space]}
+        rows.update({name: r["quality"][space] for name, r in report["models"].items()})
+        for name, q in rows.items():
+            lines.append(f"| {name} | {_fmt(q['fd'])} | {_fmt(q['kid'], 3)} ± {_fmt(q['kid_std'], 2)} "
+                         f"| {_fmt(q['precision'])} | {_fmt(q['recall'])} |")
+    lines += ["", "## Figures", ""]
+    for title, path in report["figures"].items():
+        lines.append(f"**{title}**\n\n![{title}]({Path(path).name})\n")
+    return "\n".join(lines) + "\n"
+
+
+def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | None = None
+                       ) -> dict[str, Any]:
+    """Train (or load) every model of ``cfg.compare.models`` and write the report.
+
+    :return: the report dict (also written as ``<run>/compare/report.json``).
+    """
+    from worldmodels.generative.features import (
+        RandomFeatureNet,
+        extract_features,
+        load_feature_net,
+        sample_quality,
+        save_feature_net,
+        train_feature_net,
+    )
+    from worldmodels.train.gan import train_gan
+    from worldmodels.train.vae import Objective, evaluate, load_vae, train_vae
+
+    c = cfg.compare
+    run_dir = Path(run_dir)
+    out = ensure_dir(run_dir / "compare")
+    device = resolve_device(c.device)
+    names = _models(cfg)
+    t_start = time.perf_counter()
+
+    # 1. train (or load: a finished run returns at once) every model
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name == "gan":
+            summaries[name] = train_gan(cfg, run_dir, progress=progress)
+        else:
+            sub = copy.deepcopy(cfg)
+            sub.vae.model = name
+            summaries[name] = train_vae(sub, run_dir, progress=progress)
+    save_resolved(cfg, run_dir)
+
+    # 2. held-out frames (the V split) and the real floor's training frames
+    rollouts = RolloutDataset(run_dir)
+    train_eps, val_eps = split_episodes(len(rollouts), cfg.vae.val_episodes, cfg.vae.seed)
+    if len(val_eps) == 0:
+        raise DataError("compare needs held-out episodes: collect at least 2 episodes "
+                        "and keep vae.val_episodes > 0")
+    rng = np.random.default_rng(c.seed)
+    held_out = _pick_frames(rollouts, val_eps, c.num_samples, rng)
+    n = len(held_out)
+    train_frames = _pick_frames(rollouts, train_eps, n, rng)
+    n = min(n, len(train_frames))
+    held_out, train_frames = held_out[:n], train_frames[:n]
+    held = _nchw(held_out, device)
+
+    # 3. feature spaces that belong to none of the models
+    feat_path = out / "features.pt"
+    if feat_path.exists():
+        trained = load_feature_net(feat_path, device)
+    else:
+        trained = train_feature_net(rollouts.path, episodes=train_eps, epochs=c.feature_epochs,
+                                    seed=c.seed, device=device)
+        save_feature_net(trained, feat_path)
+    nets = {"trained-CNN": trained, "random-CNN": RandomFeatureNet(seed=c.seed).to(device)}
+    real_features = {k: extract_features(net, held_out, device=device) for k, net in nets.items()}
+    quality_kw = {"k": c.pr_neighbours, "seed": c.seed, "num_samples": n,
+                  "kid_subset_size": min(1000, max(2, n // 2)), "real_features": real_features}
+    report: dict[str, Any] = {
+        "dataset": {"episodes": len(rollouts), "train_episodes": len(train_eps),
+                    "val_episodes": len(val_eps)},
+        "num_samples": n, "device": str(device), "feature_spaces": list(nets),
+        "real_floor": sample_quality(held_out, train_frames, nets, **quality_kw),
+        "models": {}, "figures": {},
+    }
+
+    # 4. each model: reconstructions, likelihood, codes, samples, sample quality
+    recon_rows = [held_out[:SHOWN]]
+    sample_rows = []
+    interp_rows = []
+    for name in names:
+        s = summaries[name]
+        r: dict[str, Any] = {
+            "params": s.get("params") or (s.get("generator_params", 0)
+                                          + s.get("discriminator_params", 0)) or None,
+            "train_seconds": s.get("wall_seconds", s.get("seconds")),
+            "images_per_s": s.get("images_per_s"),
+        }
+        model = None
+        if name in VAE_MODELS:
+            model = load_vae(run_dir, name, device)
+            sub = copy.deepcopy(cfg.vae)
+            sub.model = name
+            gen = torch.Generator().manual_seed(c.seed)
+            batches = (held[i:i + 256] for i in range(0, n, 256))
+            metrics = evaluate(model, batches, Objective.from_config(sub), step=10**9,
+                               generator=gen)
+            x_hat = _reconstruct(name, model, held)
+            x = held.float() / 255.0
+            r.update({
+                "recon_mse": float((x_hat - x).pow(2).mean()),
+                "psnr": float(psnr(x_hat.cpu(), x.cpu()).mean()),
+                "elbo": metrics.get("val/elbo"), "bits_per_dim": metrics.get("val/bits_per_dim"),
+                "perplexity": metrics.get("val/perplexity"),
+                "codes_used": metrics.get("val/codes_used"),
+            })
+            recon_rows.append(_to_uint8(x_hat[:SHOWN]))
+        samples = _sample(name, run_dir, model, n, c.seed, device)
+        r["quality"] = sample_quality(held_out, samples, nets, **quality_kw)
+        sample_rows.append(samples[:SHOWN])
+        interp_rows.append(_interpolations(name, run_dir, model, held[:2], c.seed, device))
+        if name == "betavae":
+            report["figures"]["β-VAE latent traversal (rows: the 8 most used dimensions, "
+                              "values -3 … 3)"] = str(save_png(
+                make_grid(_traversal(model, held), ncols=SHOWN), out / "traversal_betavae.png",
+                scale=2))
+        report["models"][name] = r
+
+    figures = report["figures"]
+    figures[f"Samples (rows: {', '.join(names)})"] = str(save_png(
+        make_grid(np.concatenate(sample_rows), ncols=SHOWN), out / "samples.png", scale=2))
+    encoders = [m for m in names if m in VAE_MODELS]
+    if encoders:
+        figures[f"Reconstructions of held-out frames (rows: real, {', '.join(encoders)})"] = str(
+            save_png(make_grid(np.concatenate(recon_rows), ncols=SHOWN),
+                     out / "reconstructions.png", scale=2))
+    figures[f"Latent interpolations (rows: {', '.join(names)})"] = str(save_png(
+        make_grid(np.concatenate(interp_rows), ncols=SHOWN), out / "interpolations.png", scale=2))
+    evo = _evolution(run_dir, [m for m in ("vae", "gan") if m in names], out / "evolution.png")
+    if evo is not None:
+        figures["Samples across epochs, VAE (left) and GAN (right), fixed noise"] = str(evo)
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_text(out / "report.md", _report_md(report))
+    return report
