@@ -13,15 +13,6 @@ import torch
 from worldmodels.control import Controller, map_action
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: keep this file on one thread, and restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(
     "kwargs,expected",
     [

@@ -32,15 +32,6 @@ from worldmodels.generative import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: keep this file on one thread, and restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n: int = 8, seed: int = 0) -> torch.Tensor:
     """Random smooth frames (B, 3, 64, 64) in [0, 1]: 8x8 uniform noise upsampled, so a few
     steps can learn something (i.i.d. pixel noise is best fitted by the constant 0.5 that an

@@ -41,12 +41,6 @@ from worldmodels.utils.checkpoint import save_checkpoint
 SMALL = {"feature_dim": 32, "base_channels": 8}  # tiny nets: 2 shared CPU cores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _with_moments(rng: np.random.Generator, n: int, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -36,12 +36,6 @@ from worldmodels.utils.checkpoint import load_checkpoint
 STEPS_PER_EPOCH = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

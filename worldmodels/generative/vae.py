@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.utils.torch import draw_noise
+
 __all__ = ["ConvVAE", "gaussian_kl", "vae_loss", "reparameterize"]
 
 
@@ -47,20 +49,8 @@ def reparameterize(
     :param generator: optional ``torch.Generator`` for the noise (on any device).
     :return: z (..., D), same dtype and device as ``mu``.
     """
-    eps = _randn(mu.shape, generator, mu.device, mu.dtype)
+    eps = draw_noise("normal", mu.shape, generator, mu.device, mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps
-
-
-def _randn(
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    # A generator only draws on its own device: draw there, then move (so a CPU
-    # generator gives the same numbers whether the model is on CPU or CUDA).
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -224,4 +214,5 @@ class ConvVAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode ``n`` draws of the prior ``z ~ N(0, I)``: (n, 3, 64, 64) in [0, 1], no grad."""
         p = self.fc_decode.weight
-        return self.decode(_randn((n, self.latent_dim), generator, p.device, p.dtype))
+        return self.decode(draw_noise("normal", (n, self.latent_dim), generator, p.device,
+                                      p.dtype))

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.utils.torch import draw_noise
+
 __all__ = [
     "MDNOutput",
     "MDNRNN",
@@ -62,24 +64,10 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_fp32(x), _fp32(layer.weight), _fp32(layer.bias))
 
 
-def _noise(
-    kind: str,
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    # A generator only draws on its own device: draw there, then move (a CPU generator gives
-    # the same numbers whether the model is on CPU or CUDA).
-    where = generator.device if generator is not None else device
-    draw = torch.randn if kind == "normal" else torch.rand
-    return draw(shape, generator=generator, device=where, dtype=dtype).to(device)
-
-
 def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of ``Categorical(logits=logits)`` over the last dim (Gumbel-max),
     for any leading shape: (..., K) -> (..., 1) int64."""
-    u = _noise("uniform", logits.shape, generator, logits.device, logits.dtype)
+    u = draw_noise("uniform", logits.shape, generator, logits.device, logits.dtype)
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
     return (logits + gumbel).argmax(dim=-1, keepdim=True)
 
@@ -406,7 +394,7 @@ def sample_next(
     k = _gumbel_argmax(logpi / temperature, generator)
     mean = mu.gather(-1, k).squeeze(-1)
     std = logsigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
-    return mean + std * _noise("normal", mean.shape, generator, mean.device, mean.dtype)
+    return mean + std * draw_noise("normal", mean.shape, generator, mean.device, mean.dtype)
 
 
 # --------------------------------------------------------------------------------------------

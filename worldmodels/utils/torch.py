@@ -231,3 +231,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def draw_noise(kind: str, shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``N(0, 1)`` (``kind="normal"``) or ``U[0, 1)`` (``"uniform"``) noise of ``shape`` on
+    ``device``. A generator only draws on its own device, so the noise is drawn there and
+    moved: a CPU generator gives the same numbers whether the model is on CPU or CUDA."""
+    where = generator.device if generator is not None else device
+    draw = torch.randn if kind == "normal" else torch.rand
+    return draw(shape, generator=generator, device=where, dtype=dtype).to(device)
