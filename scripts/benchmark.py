@@ -58,6 +58,7 @@ def main() -> int:
 
     from worldmodels.benchmark import format_table
 
+    print(f"# benchmark {args.what} on {_machine()}", flush=True)
     if args.what == "env":
         from worldmodels.benchmark.env import run
 
@@ -78,7 +79,6 @@ def main() -> int:
         from worldmodels.benchmark.vae import run
 
         rows = run(args.what, args.batch_size, args.steps, args.device)
-    print(f"# benchmark {args.what} on {_machine()}")
     print(format_table(rows))
     if args.json:
         print(json.dumps(rows))
