@@ -259,6 +259,7 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
 
     c = cfg.compare
     run_dir = Path(run_dir)
+    RolloutDataset(run_dir).close()  # a missing or corrupt dataset fails before any output
     out = ensure_dir(run_dir / "compare")
     device = resolve_device(c.device)
     names = _models(cfg)
