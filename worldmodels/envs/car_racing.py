@@ -80,14 +80,15 @@ class FastCarRacing(CarRacing):
     _text_cache: dict[str, pygame.Surface] = {}
 
     # ------------------------------------------------------------------ geometry cache
-    def _road_arrays(self) -> np.ndarray:
-        """(N, 4, 2) float64 vertices of ``self.road_poly``, rebuilt when the track changes."""
+    def _geometry(self) -> np.ndarray:
+        """(400 + N, 4, 2) float64 vertices: the grass squares, then ``self.road_poly``
+        (tiles and kerbs in drawing order); rebuilt when the track changes."""
         polys = self.road_poly
-        cached = self.__dict__.get("_road_cache")
+        cached = self.__dict__.get("_geometry_cache")
         if cached is None or cached[0] is not polys or cached[1] != len(polys):
-            verts = np.asarray([p for p, _ in polys], dtype=np.float64).reshape(len(polys), 4, 2)
-            cached = (polys, len(polys), verts)
-            self._road_cache = cached
+            road = np.asarray([p for p, _ in polys], dtype=np.float64).reshape(len(polys), 4, 2)
+            cached = (polys, len(polys), np.concatenate([_GRASS, road]))
+            self._geometry_cache = cached
         return cached[2]
 
     @staticmethod
@@ -104,23 +105,25 @@ class FastCarRacing(CarRacing):
 
     @staticmethod
     def _visible(pts: np.ndarray) -> np.ndarray:
-        """Polygons the stock code draws *and* that touch a pixel of the window.
+        """(N, 4, 2) screen vertices -> (N,) polygons the stock code draws *and* that touch
+        a pixel of the window.
 
         The stock test keeps a polygon when any vertex lies within ``MAX_SHAPE_DIM`` of
-        the window; of those, a polygon whose bounding box lies more than a few pixels
-        outside the window paints nothing (its fill and its antialiased outline stay inside
-        that box, one pixel wider), so skipping its two draw calls leaves the image equal.
+        the window; of those, a polygon whose 4 vertices all lie more than a few pixels
+        beyond one side of the window paints nothing (its fill and its antialiased outline
+        stay inside its bounding box, one pixel wider), so skipping its two draw calls
+        leaves the image equal. (Per-vertex ops on the 4 columns: cheaper than reductions.)
         """
         x = pts[..., 0]
         y = pts[..., 1]
-        kept = ((x >= _LO_X) & (x <= _HI_X) & (y >= _LO_Y) & (y <= _HI_Y)).any(axis=-1)
-        on_screen = (
-            (x.max(axis=-1) >= -_PAD)
-            & (x.min(axis=-1) <= _W + _PAD)
-            & (y.max(axis=-1) >= -_PAD)
-            & (y.min(axis=-1) <= _H + _PAD)
-        )
-        return kept & on_screen
+        near = (x >= _LO_X) & (x <= _HI_X) & (y >= _LO_Y) & (y <= _HI_Y)  # (N, 4)
+        kept = near[:, 0] | near[:, 1] | near[:, 2] | near[:, 3]
+        # Cohen-Sutherland outcodes: a polygon is off screen when all its vertices share
+        # an outside side, i.e. the AND of their codes is non-zero.
+        code = ((x < -_PAD) * np.uint8(1) | (x > _W + _PAD) * np.uint8(2)
+                | (y < -_PAD) * np.uint8(4) | (y > _H + _PAD) * np.uint8(8))
+        off = code[:, 0] & code[:, 1] & code[:, 2] & code[:, 3]
+        return kept & (off == 0)
 
     # ------------------------------------------------------------------ rendering
     def _render_road(self, zoom, translation, angle):
@@ -140,22 +143,19 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, pts, self.bg_color)
             filled_polygon(surf, pts, self.bg_color)
 
-        grass = self._screen_coords(_GRASS, zoom, translation, angle)
+        # Grass, then road, in the stock order (the index says which).
+        screen = self._screen_coords(self._geometry(), zoom, translation, angle)
+        n_grass = len(_GRASS)
         grass_color = self.grass_color
-        for i in np.flatnonzero(self._visible(grass)).tolist():
-            pts = grass[i].tolist()
-            aapolygon(surf, pts, grass_color)
-            filled_polygon(surf, pts, grass_color)
-
         road_poly = self.road_poly
-        if road_poly:
-            road = self._screen_coords(self._road_arrays(), zoom, translation, angle)
-            for i in np.flatnonzero(self._visible(road)).tolist():
-                # Tile colours change when the car touches a tile: read them each frame.
-                color = [int(c) for c in road_poly[i][1]]
-                pts = road[i].tolist()
-                aapolygon(surf, pts, color)
-                filled_polygon(surf, pts, color)
+        for i in np.flatnonzero(self._visible(screen)).tolist():
+            pts = screen[i].tolist()
+            if i < n_grass:
+                color = grass_color
+            else:  # tile colours change when the car touches a tile: read them each frame
+                color = [int(c) for c in road_poly[i - n_grass][1]]
+            aapolygon(surf, pts, color)
+            filled_polygon(surf, pts, color)
 
     def _score_text(self) -> pygame.Surface:
         label = f"{self.reward:04.0f}"
