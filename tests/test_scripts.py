@@ -16,3 +16,13 @@ def test_help(name):
 def test_benchmark_unknown_subcommand_fails_cleanly():
     r = run_script("benchmark.py", "nope")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_env_benchmark_reports_identity():
+    r = run_script("benchmark.py", "env", "--episodes", "1", "--steps", "60", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    fast = next(row for row in rows if row["env"] == "worldmodels/FastCarRacing-v3")
+    assert fast["identical"] == "yes" and fast["steps/s"] > 0
