@@ -36,24 +36,26 @@ def _machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true",
+                        help="also print the rows as one JSON line (the last line)")
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("env", help="stock vs fast CarRacing, alternating episodes")
+    p = sub.add_parser("env", parents=[common], help="stock vs fast CarRacing, alternating episodes")
     p.add_argument("--episodes", type=int, default=5, help="episodes per environment (median)")
     p.add_argument("--steps", type=int, default=1000, help="steps per episode at most")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("collect", help="collection throughput and on-disk format sweep")
+    p = sub.add_parser("collect", parents=[common], help="collection throughput and on-disk format sweep")
     p.add_argument("--episodes", type=int, default=4, help="episodes per measurement")
     p.add_argument("--steps", type=int, default=500, help="steps per episode")
     p.add_argument("--workers", type=int, default=0, help="'all workers' count (0 = all cores)")
-    p = sub.add_parser("data", help="dataset reader throughput")
+    p = sub.add_parser("data", parents=[common], help="dataset reader throughput")
     p.add_argument("--path", help="an existing run dir or rollouts.h5 (default: collect a small one)")
     p.add_argument("--quick", action="store_true")
     for name in ("vae", "betavae", "vqvae", "gan"):
-        p = sub.add_parser(name, help=f"{name} training throughput (images/s, TFLOP/s on CUDA)")
+        p = sub.add_parser(name, parents=[common], help=f"{name} training throughput (images/s, TFLOP/s on CUDA)")
         p.add_argument("--batch-size", type=int, default=128 if name == "gan" else 100)
         p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args()
 
     from worldmodels.benchmark import format_table
@@ -81,7 +83,7 @@ def main() -> int:
         rows = run(args.what, args.batch_size, args.steps, args.device)
     print(format_table(rows))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows, default=str))
     return 0
 
 
