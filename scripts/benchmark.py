@@ -6,6 +6,7 @@
     python scripts/benchmark.py data      # frames/s delivered by the dataset readers
     python scripts/benchmark.py vae       # V training images/s (also: betavae, vqvae)
     python scripts/benchmark.py gan       # DCGAN training images/s (one D + one G step)
+    python scripts/benchmark.py mdnrnn    # M training sequence-steps/s
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def main() -> int:
         p.add_argument("--batch-size", type=int, default=128 if name == "gan" else 100)
         p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p = sub.add_parser("mdnrnn", parents=[common], help="MDN-RNN training sequence-steps/s")
+    p.add_argument("--batch-size", type=int, default=100, help="sequences per batch (paper: 100)")
+    p.add_argument("--seq-len", type=int, default=999, help="steps per sequence (paper: 999)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
 
     from worldmodels.benchmark import format_table
@@ -73,6 +79,10 @@ def main() -> int:
         from worldmodels.benchmark.data import run
 
         rows = run(args.path, args.quick)
+    elif args.what == "mdnrnn":
+        from worldmodels.benchmark.mdnrnn import run
+
+        rows = run(args.batch_size, args.seq_len, args.steps, args.device)
     elif args.what == "gan":
         from worldmodels.benchmark.gan import run
 

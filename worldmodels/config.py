@@ -150,6 +150,53 @@ class GANConfig:
 
 
 @dataclass
+class EncodeConfig:
+    """Encoding the rollouts with V for M (``scripts/encode.py``)."""
+
+    model: str = _f("vae", "which trained V encodes the frames: 'vae', 'betavae' or 'vqvae' "
+                    "(<run>/<model>/best.pt, else last.pt); the latents go to "
+                    "<run>/latents_<model>.h5", choices=("vae", "betavae", "vqvae"))
+    batch_size: int = _f(1000, "frames per forward pass of V's encoder (one 1,000-step "
+                         "episode per pass)")
+    workers: int = _f(4, "DataLoader processes that read and decompress episodes while V "
+                      "encodes (decompression, not V, bounds the speed on a GPU); 0 reads in "
+                      "this process")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass
+class MDNRNNConfig:
+    """Training M, the MDN-RNN (``scripts/train_mdnrnn.py``), on the latents of
+    ``scripts/encode.py``. Defaults: the authors' CarRacing code (``rnn.py``)."""
+
+    hidden_dim: int = _f(256, "LSTM units (the paper's 256)")
+    num_gaussians: int = _f(5, "Gaussians per latent dimension (the paper's 5); the VQ-VAE's "
+                            "discrete M predicts a categorical over the codebook instead")
+    code_embed_dim: int = _f(8, "discrete M (VQ-VAE latents): embedding size of one code")
+    seq_len: int = _f(999, "transitions per training sequence (the authors' code: 999 of "
+                      "each 1,000-step episode); episodes with fewer are skipped")
+    batch_size: int = _f(100, "sequences per batch (the authors' code: 100)")
+    lr: float = _f(1e-3, "Adam learning rate (the authors' code: 1e-3)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this value (the authors' code: 1.0; "
+                          "0: no clipping)")
+    steps: int = _f(4000, "optimiser steps in total (the authors' code: 4,000)")
+    reward_weight: float = _f(1.0, "weight of the reward MSE in the loss (0: not trained)")
+    done_weight: float = _f(1.0, "weight of the done BCE in the loss (0: not trained)")
+    temperature: float = _f(1.0, "tau of M's open-loop samples in the prediction figure "
+                            "(mixture logits / tau, sigma * sqrt(tau))")
+    val_episodes: float = _f(0.05, "fraction of episodes held out for validation (by "
+                             "episode, the same split as V's for the same seed)")
+    eval_every: int = _f(0, "optimiser steps between validation, prediction figure and "
+                         "checkpoint (0: at the end of each pass over the training sequences)")
+    seed: int = _f(0, "seed of initialisation, data order and z sampling")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    compile: bool = _f(False, "torch.compile M (fixed batch shape)")
+    in_memory: str = _f("auto", "hold all latents in (GPU) memory: 'auto' (when they fit), "
+                        "'yes' or 'no' (read each batch from HDF5)", choices=("auto", "yes", "no"))
+    log_every: int = _f(20, "optimiser steps between TensorBoard scalars (the authors' code: 20)")
+
+
+@dataclass
 class CompareConfig:
     """The generative comparison (``scripts/compare_generative.py``)."""
 
@@ -163,11 +210,65 @@ class CompareConfig:
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
 
 
+@dataclass
+class ControllerConfig:
+    """Training C by CMA-ES in the real environment (``scripts/train_controller.py``).
+
+    Defaults: the paper's CarRacing setup (population 64, 16 rollouts per candidate, fitness
+    the mean return, sigma0 0.1) and the authors' training loop (estool)."""
+
+    population: int = _f(64, "candidates per CMA-ES generation (the paper: 64)")
+    trials: int = _f(16, "episodes per candidate, on the same track seeds for every candidate of "
+                     "a generation (fresh seeds each generation); fitness = their mean return "
+                     "(the paper: 16)")
+    sigma0: float = _f(0.1, "initial CMA-ES step size around the all-zero controller "
+                       "(the paper: 0.1)")
+    generations: int = _f(2000, "generations in total; re-running with a larger value continues "
+                          "the same run")
+    seed: int = _f(0, "seed of CMA-ES sampling, of each generation's track seeds and of the "
+                   "held-out tracks")
+    hidden_layer: int = _f(0, "C with one tanh hidden layer of this many units (the paper's "
+                           "ablation used 40); 0 is the paper's linear C")
+    use_hidden_state: bool = _f(True, "C reads [z, h] (the paper's full model); false: z only "
+                                "(the paper's 'Z only' ablation)")
+    vae_model: str = _f("auto", "V whose mu is z: 'auto' (the V that M was trained on, as M's "
+                        "checkpoint records; 'vae' if unknown), 'vae' or 'betavae'",
+                        choices=("auto", "vae", "betavae"))
+    max_steps: int = _f(1000, "steps per training episode at most (CarRacing-v3 ends at 1000)")
+    early_stop_steps: int = _f(
+        0, "end a training episode when no new track tile was reached for this many steps, "
+        "scoring it as if it never reached another (return so far - 0.1 per remaining step); "
+        "0: off. Never used for the held-out score or evaluate.py")
+    eval_every: int = _f(25, "generations between scores of the distribution's mean on the "
+                         "held-out tracks (also done after the last generation); best.pt keeps "
+                         "the best; 0: never")
+    eval_episodes: int = _f(1024, "held-out tracks (fixed for the run) the mean is scored on "
+                            "(the authors' loop: 1024 rollouts every 25 generations)")
+    workers: int = _f(0, "evaluation worker processes (or Ray actors); 0: one per CPU core "
+                      "(all the cluster's CPUs with --backend ray)")
+    envs_per_worker: int = _f(0, "environments one worker steps in lockstep (V and M run batched "
+                              "over them); 0: min(32, episodes / workers)")
+    backend: str = _f("local", "'local' (process pool) or 'ray' (a Ray cluster, see --address)",
+                      choices=("local", "ray"))
+    address: str = _f("", "Ray cluster address for --backend ray ('' starts a local cluster)")
+    worker_timeout: float = _f(600.0, "seconds a worker may spend on one task (up to "
+                               "envs_per_worker episodes) before it is taken as hung, killed "
+                               "and its episodes re-run")
+    batch_invariant: bool = _f(True, "compute every matrix product of V's head and C one row at "
+                               "a time, so an episode's return does not depend on which "
+                               "episodes share its batch (exact on CPU); false: fully batched")
+    device: str = _f("cpu", "device of V and M in the workers: 'cpu', 'cuda', 'cuda:N' or "
+                     "'auto' (the environments, not the networks, dominate the time on CPU)")
+
+
 SECTIONS: dict[str, type] = {
     "collect": CollectConfig,
     "vae": VAEConfig,
     "gan": GANConfig,
     "compare": CompareConfig,
+    "encode": EncodeConfig,
+    "mdnrnn": MDNRNNConfig,
+    "controller": ControllerConfig,
 }
 
 
@@ -179,6 +280,9 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,6 +357,30 @@ def validate(cfg: Config) -> Config:
     if not models or set(models) - known:
         raise ConfigError(f"compare.models must be a comma-separated subset of "
                           f"{', '.join(sorted(known))}; got {m.models!r}")
+    e = cfg.encode
+    _positive("encode", e, ("batch_size",))
+    _positive("encode", e, ("workers",), 0)
+    r = cfg.mdnrnn
+    _positive("mdnrnn", r, ("hidden_dim", "num_gaussians", "code_embed_dim", "seq_len",
+                            "batch_size", "steps", "log_every"))
+    _positive("mdnrnn", r, ("grad_clip", "reward_weight", "done_weight", "temperature",
+                            "eval_every", "seed"), 0)
+    if not r.lr > 0:
+        raise ConfigError(f"mdnrnn.lr must be > 0, got {r.lr}")
+    if not 0 <= r.val_episodes < 1:
+        raise ConfigError(f"mdnrnn.val_episodes must be in [0, 1), got {r.val_episodes}")
+    k = cfg.controller
+    _positive("controller", k, ("population", "trials", "generations", "eval_episodes"))
+    _positive("controller", k, ("seed", "hidden_layer", "early_stop_steps", "eval_every",
+                                "workers", "envs_per_worker"), 0)
+    if k.population < 2:
+        raise ConfigError(f"controller.population must be >= 2 for CMA-ES, got {k.population}")
+    if not 1 <= k.max_steps <= 1000:
+        raise ConfigError(f"controller.max_steps must be in 1..1000 (CarRacing-v3 ends at "
+                          f"1000), got {k.max_steps}")
+    for name in ("sigma0", "worker_timeout"):
+        if not getattr(k, name) > 0:
+            raise ConfigError(f"controller.{name} must be > 0, got {getattr(k, name)}")
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):
