@@ -9,3 +9,9 @@ import torch  # noqa: E402
 
 # CI has 2 cores and other jobs may share them: one torch thread per test process.
 torch.set_num_threads(1)
+
+import signal  # noqa: E402
+
+# A runner that starts the suite in the background (as `cmd &` does) hands it SIGINT
+# ignored; Python then keeps SIG_IGN. The Ctrl-C tests need Python's usual handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)

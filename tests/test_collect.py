@@ -189,7 +189,9 @@ def test_ctrl_c_stops_workers_at_once_and_resumes(reference, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # a new session, as a terminal's foreground job: Ctrl-C reaches every process of it
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: SIGINT not ignored, whatever the runner had
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = tmp_path / PARTS_DIR
     deadline = time.time() + 120
     while time.time() < deadline and not list(parts.glob("ep-*.h5")):
