@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import run_script
 
-from tests.helpers import run_script
 from worldmodels.config import load_config
 from worldmodels.data.datasets import RolloutDataset
 from worldmodels.data.latents import (

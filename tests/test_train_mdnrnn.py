@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_script
 
-from tests.helpers import run_script
 from worldmodels.config import load_config
 from worldmodels.data.latents import LatentDataset, LatentSequences, encode, latents_path
 from worldmodels.data.rollouts import DATASET_NAME, collect

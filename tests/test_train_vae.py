@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_script
 
-from tests.helpers import run_script
 from worldmodels.config import load_config
 from worldmodels.data.rollouts import DATASET_NAME, collect
 from worldmodels.errors import ConfigError, WorldModelsError
