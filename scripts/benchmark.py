@@ -7,6 +7,8 @@
     python scripts/benchmark.py vae       # V training images/s (also: betavae, vqvae)
     python scripts/benchmark.py gan       # DCGAN training images/s (one D + one G step)
     python scripts/benchmark.py mdnrnn    # M training sequence-steps/s
+    python scripts/benchmark.py dream     # batched dream env-steps/s vs the real environment
+    python scripts/benchmark.py agent     # agent-in-the-loop steps/s, one CMA-ES generation
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=999, help="steps per sequence (paper: 999)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p = sub.add_parser("dream", parents=[common], help="batched dream vs real env steps/s")
+    p.add_argument("--batch-size", type=int, default=1024, help="dream episodes in lockstep (64 x 16)")
+    p.add_argument("--steps", type=int, default=50, help="timed dream steps")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p = sub.add_parser("agent", parents=[common], help="agent-in-the-loop steps/s, a generation")
+    p.add_argument("--population", type=int, default=8, help="CMA-ES candidates")
+    p.add_argument("--trials", type=int, default=2, help="tracks per candidate")
+    p.add_argument("--steps", type=int, default=200, help="steps per episode")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--run", help="a run with V and M (default: random-weight V and M)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
     from worldmodels.benchmark import format_table
@@ -79,6 +92,15 @@ def main() -> int:
         from worldmodels.benchmark.data import run
 
         rows = run(args.path, args.quick)
+    elif args.what == "agent":
+        from worldmodels.benchmark.agent import run
+
+        rows = run(args.population, args.trials, args.steps, args.workers, run_dir=args.run,
+                   device=args.device)
+    elif args.what == "dream":
+        from worldmodels.benchmark.dream import run
+
+        rows = run(args.batch_size, args.steps, args.device)
     elif args.what == "mdnrnn":
         from worldmodels.benchmark.mdnrnn import run
 

@@ -1,7 +1,11 @@
-"""Environments: the exact fast CarRacing and frame preprocessing.
+"""Environments: the exact fast CarRacing, frame preprocessing and M's dream.
 
 Importing this package registers ``worldmodels/FastCarRacing-v3`` with gymnasium (same
-time limit and reward threshold as ``CarRacing-v3``).
+time limit and reward threshold as ``CarRacing-v3``) and ``worldmodels/Dream-v0``
+(:class:`~worldmodels.envs.dream.DreamEnv`: ``gymnasium.make("worldmodels/Dream-v0",
+run=DIR, temperature=1.0, render_mode=...)``). The dream needs torch: it is imported on
+first use (``worldmodels.envs.DreamEnv``, ``BatchedDream``, ``dream_rollout_returns``), so
+that importing this package, as collection workers do, does not import torch.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -11,6 +15,7 @@ from worldmodels.envs.preprocess import FRAME_SIZE, preprocess_frame, preprocess
 
 FAST_ENV_ID = "worldmodels/FastCarRacing-v3"
 STOCK_ENV_ID = "CarRacing-v3"
+DREAM_ENV_ID = "worldmodels/Dream-v0"
 
 if FAST_ENV_ID not in registry:
     register(
@@ -19,12 +24,31 @@ if FAST_ENV_ID not in registry:
         max_episode_steps=1000,
         reward_threshold=900,
     )
+if DREAM_ENV_ID not in registry:
+    # No TimeLimit wrapper: the dream truncates itself (max_steps, default 1000), as the
+    # batched dream must.
+    register(id=DREAM_ENV_ID, entry_point="worldmodels.envs.dream:DreamEnv")
+
+_LAZY = {"DreamEnv", "BatchedDream", "dream_rollout_returns"}
+
+
+def __getattr__(name: str):  # PEP 562: the dream (and torch) only when asked for
+    if name in _LAZY:
+        from worldmodels.envs import dream
+
+        return getattr(dream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "DREAM_ENV_ID",
     "FAST_ENV_ID",
     "FRAME_SIZE",
     "STOCK_ENV_ID",
+    "BatchedDream",
+    "DreamEnv",
     "FastCarRacing",
+    "dream_rollout_returns",
     "preprocess_frame",
     "preprocess_frames",
 ]

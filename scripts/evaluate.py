@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Score a run's controller on tracks S .. S+N-1: CarRacing-v3 returns, mean ± std, min, max.
+
+    python scripts/evaluate.py --run runs/demo --episodes 100 --seed 0     # the paper's protocol
+    python scripts/evaluate.py --run runs/demo --episodes 10 --seed 1000 --json
+
+Loads V, M and <run>/controller/best.pt (else last.pt). Episodes run in
+worldmodels/FastCarRacing-v3, which is bit-identical to gymnasium's CarRacing-v3 (same
+observations, rewards and 1,000-step limit) with a faster renderer, so the returns are
+CarRacing-v3 returns. No early termination. With --json the last line of stdout is one JSON
+object with mean, std (population std), min, max and returns (in seed order).
+"""
+
+import argparse
+import json
+import os
+
+from worldmodels.cli import run_cli
+
+
+def single_threaded_blas() -> None:
+    """One BLAS/OpenMP thread, set before NumPy loads: this process coordinates the workers
+    (or, with --workers 1, runs the episodes itself, as one worker would)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
+    parser.add_argument("--run", required=True, metavar="DIR",
+                        help="run directory holding V, M and controller/")
+    parser.add_argument("--episodes", type=int, default=100,
+                        help="number of tracks (default: 100, the paper's protocol)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="first track seed: tracks S .. S+N-1 (default: 0)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on the last line")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes (0: one per CPU core; 1: in this process)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="'local' process pool or 'ray' cluster")
+    parser.add_argument("--address", default="", help="Ray cluster address ('' starts one)")
+    parser.add_argument("--device", default="cpu", help="device of V and M: cpu, cuda, auto")
+    parser.add_argument("--max-steps", type=int, default=1000,
+                        help="steps per episode at most (1000, CarRacing-v3's episode; fewer "
+                             "gives returns that are not CarRacing-v3 scores)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best.pt (held-out best; last.pt if none) or last.pt")
+    args = parser.parse_args()
+    single_threaded_blas()
+
+    from worldmodels.control.evaluation import evaluate
+
+    r = evaluate(args.run, args.episodes, args.seed, workers=args.workers,
+                 backend=args.backend, address=args.address, device=args.device,
+                 max_steps=args.max_steps, checkpoint=args.checkpoint)
+    print(f"{r['checkpoint']} (generation {r['generation']}) on {r['episodes']} tracks "
+          f"(seeds {args.seed}..{args.seed + args.episodes - 1}) in {r['env']}:")
+    print(f"return {r['mean']:.1f} ± {r['std']:.1f} (min {r['min']:.1f}, max {r['max']:.1f}); "
+          f"{r['steps']} steps at {r['env_steps_per_s']:.0f} steps/s on {r['workers']} "
+          f"worker(s)")
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("mean", "std", "min", "max", "returns", "seeds",
+                                            "episodes", "max_steps", "checkpoint", "env")}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,366 @@
+"""The *World Models* agent: V, M and C turning raw CarRacing frames into actions, batched.
+
+Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, figure 8 and section 2.3: at each
+step the frame is encoded by V into ``z_t`` (the posterior mean ``mu``, as the authors' code
+does when it drives), C maps ``[z_t, h_t]`` to the action ``a_t``, and M reads ``(z_t, a_t)``
+to advance its LSTM state to ``h_{t+1}``::
+
+    z_t = mu_V(preprocess(obs_t))            (B, D)
+    a_t = C(z_t, h_t)                         (B, 3)
+    (h_{t+1}, c_{t+1}) = LSTM_M([z_t, a_t], (h_t, c_t))      h_0 = c_0 = 0
+
+:class:`WorldModelAgent` does this for ``B`` environments at once (lockstep evaluation), each
+row with its own recurrent state and, optionally, its own controller (the candidates of a
+CMA-ES generation). Raw observations go through
+:func:`~worldmodels.envs.preprocess_frame`, the one preprocessing function that collection
+used to build V's training frames.
+
+**Batch invariance.** An episode's return must not depend on which other episodes share its
+batch: CarRacing is chaotic, and a last-bit difference in one action can change the return.
+On CPU, oneDNN's convolutions and LSTM compute each row the same way whatever the batch size,
+but BLAS matrix products do not (``F.linear`` on one row runs a matrix-vector kernel, on many a
+blocked matrix-matrix kernel, with other summation orders). With ``batch_invariant=True`` (the
+default) V's convolutional trunk and M's LSTM run batched, while the two small matrix products,
+V's ``mu`` head (1024 -> D) and C, run one row at a time with the same shapes, so every row's
+result is the one it would have alone; the test suite checks returns bit for bit. The per-row
+part costs ~20 µs per row and step on CPU, well under 1% of an environment step. On CUDA,
+cuDNN and cuBLAS choose algorithms by batch size, so returns are only equal to float rounding
+there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldmodels.control.controller import ACTION_DIM, Controller
+from worldmodels.envs.preprocess import FRAME_SIZE, preprocess_frame
+from worldmodels.errors import DataError
+from worldmodels.generative import ConvVAE
+from worldmodels.memory.mdnrnn import MDNRNN
+
+__all__ = [
+    "WorldModelAgent",
+    "frames_to_tensor",
+    "load_world_model",
+    "load_controller",
+    "save_random_world_model",
+    "CONTROLLER_KIND",
+]
+
+#: checkpoint kind and stage directory of C
+CONTROLLER_KIND = "controller"
+
+_OBS_SHAPE = (96, 96, 3)
+_FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, 64, 64, 3) uint8 frames -> (B, 3, 64, 64) float32 in [0, 1] on ``device``
+    (the same ``x / 255`` as V's training)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return x.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+
+
+class WorldModelAgent:
+    """V + M + C over a batch of environments, with M's hidden state carried step to step.
+
+    ::
+
+        agent = WorldModelAgent(vae, mdnrnn, controller)
+        agent.reset(batch_size=len(envs))
+        actions = agent.act(observations)     # (B, 96, 96, 3) uint8 -> (B, 3) float32
+
+    :param vae: V, a :class:`~worldmodels.generative.ConvVAE` (``z = mu``).
+    :param mdnrnn: M, an :class:`~worldmodels.memory.MDNRNN` with ``latent_dim`` equal to V's
+        and ``action_dim = 3``.
+    :param controller: C; default a fresh ``Controller(D, H)`` (torch's initialisation).
+    :param device: where V and M run (default: V's device); C runs there too.
+    :param batch_invariant: compute V's ``mu`` head and C one row at a time, so a row's result
+        does not depend on the batch (see the module docstring); False: fully batched.
+    """
+
+    def __init__(
+        self,
+        vae: ConvVAE,
+        mdnrnn: MDNRNN,
+        controller: Controller | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_invariant: bool = True,
+    ) -> None:
+        if not isinstance(vae, ConvVAE):
+            raise DataError(f"the agent needs a VAE with a continuous z (ConvVAE), got "
+                            f"{type(vae).__name__}: train V with --model vae or betavae")
+        if not isinstance(mdnrnn, MDNRNN):
+            raise DataError(f"the agent needs the continuous MDN-RNN, got "
+                            f"{type(mdnrnn).__name__}")
+        if mdnrnn.latent_dim != vae.latent_dim or mdnrnn.action_dim != ACTION_DIM:
+            raise DataError(f"M reads z of size {mdnrnn.latent_dim} and actions of size "
+                            f"{mdnrnn.action_dim}, but V's z has size {vae.latent_dim} and "
+                            f"CarRacing's action {ACTION_DIM}: M was trained on another V")
+        self.device = torch.device(device) if device is not None else vae.fc_mu.weight.device
+        self.vae = vae.to(self.device).eval()
+        self.mdnrnn = mdnrnn.to(self.device).eval()
+        self.batch_invariant = batch_invariant
+        self.controller = self._check_controller(
+            controller if controller is not None
+            else Controller(latent_dim=vae.latent_dim, hidden_dim=mdnrnn.hidden_dim))
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, device: str | torch.device = "cpu",
+                 vae_model: str = "auto", controller: str | None = "best",
+                 batch_invariant: bool = True) -> WorldModelAgent:
+        """The agent of a run: V and M (:func:`load_world_model`) and C from
+        ``controller/best.pt`` (``controller="best"``, else ``last.pt``), ``"last"``, or a
+        fresh C (``None``)."""
+        from worldmodels.utils.torch import resolve_device
+
+        device = resolve_device(device)
+        c = None
+        if controller is not None:
+            c, checkpoint = load_controller(run_dir, device, controller)
+            if vae_model == "auto":
+                vae_model = (checkpoint.get("extra") or {}).get("vae_model", "auto")
+        vae, mdnrnn, _ = load_world_model(run_dir, vae_model, device)
+        return cls(vae, mdnrnn, c, device=device, batch_invariant=batch_invariant)
+
+    # ------------------------------------------------------------------------ properties
+
+    @property
+    def latent_dim(self) -> int:
+        """D, the size of z."""
+        return self.vae.latent_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        """H, the size of M's hidden state h."""
+        return self.mdnrnn.hidden_dim
+
+    @property
+    def batch_size(self) -> int:
+        """Rows of the recurrent state (0 before :meth:`reset`)."""
+        return 0 if self.state is None else self.state[0].shape[0]
+
+    def make_controller(self, flat: np.ndarray | None = None, **kwargs: Any) -> Controller:
+        """A C that fits this V and M (``Controller(D, H, **kwargs)``) on the agent's
+        device, with parameters ``flat`` (layout of :meth:`Controller.get_flat`) if given."""
+        c = Controller(latent_dim=self.latent_dim, hidden_dim=self.hidden_dim, **kwargs)
+        if flat is not None:
+            c.set_flat(flat)
+        return c.to(self.device).eval()
+
+    def set_controller(self, controller: Controller) -> None:
+        """Use ``controller`` for every row that is not given its own in :meth:`act`."""
+        self.controller = self._check_controller(controller)
+
+    def _check_controller(self, c: Controller) -> Controller:
+        if c.latent_dim != self.latent_dim or (c.use_hidden_state
+                                               and c.hidden_dim != self.hidden_dim):
+            raise DataError(f"the controller reads z of size {c.latent_dim} and h of size "
+                            f"{c.hidden_dim}, but V and M give {self.latent_dim} and "
+                            f"{self.hidden_dim}")
+        return c.to(self.device).eval()
+
+    # ------------------------------------------------------------------------ state
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Start ``batch_size`` episodes: M's state ``(h, c)`` is zero, each (B, H)."""
+        self.state = self.mdnrnn.initial_state(batch_size, self.device)
+
+    def reset_rows(self, rows: Sequence[int]) -> None:
+        """Zero M's state of ``rows`` (new episodes in those slots)."""
+        if self.state is None:
+            raise RuntimeError("call reset(batch_size) before reset_rows")
+        for t in self.state:
+            t[list(rows)] = 0.0
+
+    # ------------------------------------------------------------------------ steps
+
+    @torch.no_grad()
+    def encode(self, observations: np.ndarray) -> torch.Tensor:
+        """Raw observations (B, 96, 96, 3) or preprocessed frames (B, 64, 64, 3), uint8
+        -> z = mu (B, D) float32 on the agent's device."""
+        obs = np.asarray(observations)
+        if obs.ndim == 4 and obs.shape[1:] == _OBS_SHAPE:
+            # Frame by frame, as collection does: the same bytes as preprocess_frames (exact
+            # integer arithmetic), and several times faster than one stacked matmul.
+            obs = np.stack([preprocess_frame(o) for o in obs])
+        elif obs.ndim != 4 or obs.shape[1:] != _FRAME_SHAPE:
+            raise ValueError(f"expected observations (B, 96, 96, 3) or frames (B, 64, 64, 3), "
+                             f"got shape {obs.shape}")
+        if obs.dtype != np.uint8:
+            raise ValueError(f"expected uint8 observations, got {obs.dtype}")
+        x = frames_to_tensor(obs, self.device)
+        if not self.batch_invariant:
+            return self.vae.encode(x)[0]
+        features = self.vae.encoder(x)  # (B, 1024): convolutions, row-invariant (oneDNN)
+        w, b = self.vae.fc_mu.weight, self.vae.fc_mu.bias
+        return torch.stack([F.linear(f, w, b) for f in features])  # one (1024,) row at a time
+
+    def _controller_output(self, z: torch.Tensor, h: torch.Tensor,
+                           controllers: Sequence[Controller] | None) -> torch.Tensor:
+        """a (B, 3) from z (B, D), h (B, H) and one controller per row (or the agent's)."""
+        per_row = list(controllers) if controllers is not None else None
+        if per_row is not None and len(per_row) != len(z):
+            raise ValueError(f"got {len(per_row)} controllers for {len(z)} rows")
+        if self.batch_invariant:
+            cs = per_row or [self.controller] * len(z)
+            return torch.cat([c(z[i:i + 1], h[i:i + 1]) for i, c in enumerate(cs)])
+        if per_row is None:
+            return self.controller(z, h)
+        out = torch.empty(len(z), ACTION_DIM, device=z.device)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(per_row):
+            groups.setdefault(id(c), []).append(i)
+        for idx in groups.values():
+            rows = torch.as_tensor(idx, device=z.device)
+            out[rows] = per_row[idx[0]](z[rows], h[rows])
+        return out
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray, rows: Sequence[int] | None = None,
+            controllers: Sequence[Controller] | None = None) -> np.ndarray:
+        """One step of the rows ``rows`` (default: all): observations -> actions, and M's
+        state of those rows advanced by ``(z_t, a_t)``.
+
+        :param observations: (n, 96, 96, 3) raw or (n, 64, 64, 3) preprocessed uint8, one per
+            row of ``rows``.
+        :param rows: which rows of the state these observations belong to (finished
+            environments simply leave the list); default ``range(batch_size)``.
+        :param controllers: one C per observation; default the agent's controller.
+        :return: actions (n, 3) float32 in ``[-1, 1] x [0, 1] x [0, 1]``.
+        """
+        if self.state is None:
+            raise RuntimeError("call reset(batch_size) before act")
+        z = self.encode(observations)
+        n = len(z)
+        if rows is None:
+            if n != self.batch_size:
+                raise ValueError(f"got {n} observations for a batch of {self.batch_size}: "
+                                 "pass rows=")
+            index = None
+            h, c = self.state
+        else:
+            if len(rows) != n:
+                raise ValueError(f"got {n} observations for {len(rows)} rows")
+            index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+            h, c = self.state[0][index], self.state[1][index]
+        a = self._controller_output(z, h, controllers)
+        _, (h_next, c_next) = self.mdnrnn.step(z, a, (h, c))
+        if index is None:
+            self.state = (h_next, c_next)
+        else:
+            self.state[0][index] = h_next
+            self.state[1][index] = c_next
+        return a.float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _load_mdnrnn(run_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+    """M of a run and the name of the V it was trained on (None when not recorded)."""
+    try:
+        from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_info
+    except ImportError:  # pragma: no cover - M's stage not installed: read the file directly
+        load_mdnrnn = mdnrnn_info = None
+    if load_mdnrnn is not None:
+        info = mdnrnn_info(run_dir)
+        return load_mdnrnn(run_dir, device), info.get("vae_model")
+    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
+
+    stage = Path(run_dir) / "mdnrnn"
+    paths = [stage / n for n in (CheckpointManager.BEST, CheckpointManager.LAST)]
+    path = next((p for p in paths if p.exists()), None)
+    if path is None:
+        raise DataError(f"no trained M in {stage}: run scripts/train_mdnrnn.py --run {run_dir} "
+                        "first")
+    checkpoint = load_checkpoint(path, kind="mdnrnn", map_location=device)
+    kwargs = dict(checkpoint["model_config"])
+    kwargs.pop("model", None)
+    net = MDNRNN(**kwargs)
+    net.load_state_dict(checkpoint["state_dict"])
+    vae = (checkpoint.get("extra") or {}).get("vae") or {}
+    return net.to(device).eval(), vae.get("model")
+
+
+def load_world_model(
+    run_dir: str | Path, vae_model: str = "auto", device: str | torch.device = "cpu"
+) -> tuple[ConvVAE, MDNRNN, str]:
+    """V and M of a run, in eval mode on ``device``.
+
+    :param vae_model: ``auto`` (the V that M was trained on, as M's checkpoint records it;
+        ``vae`` when it does not), ``vae`` or ``betavae``.
+    :return: ``(vae, mdnrnn, vae_model)``, the last the V actually loaded.
+    :raises DataError: a missing stage, or a V and an M that do not fit together.
+    """
+    from worldmodels.train.vae import load_vae
+    from worldmodels.utils.torch import resolve_device
+
+    device = resolve_device(device)
+    mdnrnn, trained_on = _load_mdnrnn(run_dir, device)
+    if vae_model == "auto":
+        vae_model = trained_on or "vae"
+    elif trained_on is not None and trained_on != vae_model:
+        raise DataError(f"M in {run_dir} was trained on the latents of {trained_on!r}, not "
+                        f"{vae_model!r}: pass --vae-model {trained_on} (or auto)")
+    if vae_model not in ("vae", "betavae"):
+        raise DataError(f"the controller needs a continuous V ('vae' or 'betavae'); M in "
+                        f"{run_dir} was trained on {vae_model!r} latents")
+    vae = load_vae(run_dir, vae_model, device)
+    if not isinstance(mdnrnn, MDNRNN) or mdnrnn.latent_dim != vae.latent_dim:
+        raise DataError(f"M in {run_dir} does not read V's z (latent_dim "
+                        f"{getattr(mdnrnn, 'latent_dim', '?')} vs {vae.latent_dim}): retrain M "
+                        "on this V's latents")
+    return vae, mdnrnn, vae_model
+
+
+def load_controller(run_dir: str | Path, device: str | torch.device = "cpu",
+                    which: str = "best") -> tuple[Controller, dict[str, Any]]:
+    """C of a run from ``<run>/controller/best.pt`` (``which="best"``, falling back to
+    ``last.pt``) or ``last.pt`` (``which="last"``).
+
+    :return: ``(controller in eval mode, checkpoint)``.
+    :raises DataError: no controller checkpoint.
+    """
+    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
+
+    stage = Path(run_dir) / CONTROLLER_KIND
+    names = ([CheckpointManager.BEST, CheckpointManager.LAST] if which == "best"
+             else [CheckpointManager.LAST])
+    path = next((stage / n for n in names if (stage / n).exists()), None)
+    if path is None:
+        raise DataError(f"no trained controller in {stage}: run scripts/train_controller.py "
+                        f"--run {run_dir} first")
+    checkpoint = load_checkpoint(path, kind=CONTROLLER_KIND, map_location="cpu")
+    controller = Controller(**checkpoint["model_config"])
+    controller.load_state_dict(checkpoint["state_dict"])
+    checkpoint["path"] = str(path)
+    return controller.to(device).eval(), checkpoint
+
+
+def save_random_world_model(run_dir: str | Path, *, latent_dim: int = 32, hidden_dim: int = 256,
+                            seed: int = 0) -> Path:
+    """Write a randomly initialised V (``<run>/vae/best.pt``) and M (``<run>/mdnrnn/best.pt``)
+    in the formats of their training stages: a run directory for tests and benchmarks of C
+    that need no trained world model. Returns ``run_dir``."""
+    from worldmodels.utils.checkpoint import save_checkpoint
+
+    run_dir = Path(run_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = ConvVAE(latent_dim=latent_dim)
+        mdnrnn = MDNRNN(latent_dim=latent_dim, hidden_dim=hidden_dim)
+    save_checkpoint(run_dir / "vae" / "best.pt", kind="vae", model=vae,
+                    model_config={"model": "vae", **vae.hparams}, step=0)
+    save_checkpoint(run_dir / "mdnrnn" / "best.pt", kind="mdnrnn", model=mdnrnn,
+                    model_config={"model": "mdnrnn", **mdnrnn.hparams}, step=0,
+                    extra={"vae": {"model": "vae"}})
+    return run_dir

@@ -1,0 +1,537 @@
+"""Where C's episodes run: this process, a pool of local worker processes, or a Ray cluster.
+
+Ha & Schmidhuber (2018, arXiv:1803.10122) evaluate each CMA-ES generation (Hansen, *The CMA
+Evolution Strategy: A Tutorial*, 2016, arXiv:1604.00772) on 64 candidates x 16 episodes in
+parallel on many CPU cores. Every backend here takes a table of candidate parameter vectors and
+a list of :class:`~worldmodels.control.evaluation.EpisodeSpec` and returns one result per
+episode, in the order given, whatever the number of workers:
+
+* the episodes are cut into *tasks* of ``envs_per_worker`` episodes; a worker runs a task's
+  episodes in lockstep (:func:`~worldmodels.control.evaluation.run_episodes`), so that V and M
+  run batched over them; tasks are handed out as workers become free;
+* each worker loads V and M once (from a bundle of their weights sent at its start, so Ray
+  nodes need not share the run directory) and keeps its environments across tasks;
+* a worker that dies (killed, out of memory, a segfault) or spends more than
+  ``worker_timeout`` seconds on one task is killed and replaced, and its task is run again
+  from the start (episodes are deterministic given their seed and parameters, so the re-run
+  gives what the lost one would have). A task that kills :data:`MAX_ATTEMPTS` workers stops the
+  run with an error: a generation is never scored on fewer episodes;
+* an exception inside a worker is a bug, not a crash: it stops the run with its traceback.
+
+:class:`LocalBackend` pins worker ``i`` to core ``i`` with one torch thread;
+:class:`RayBackend` uses one actor per CPU of the cluster (``--address``, or a local cluster).
+With one worker, :class:`InProcessBackend` runs the tasks in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.control.evaluation import EpisodeResult, EpisodeSpec, WorkerState, _fault_hook
+from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.utils.progress import progress_bar
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "EvaluationBackend",
+    "InProcessBackend",
+    "LocalBackend",
+    "RayBackend",
+    "make_backend",
+    "usable_cores",
+]
+
+#: a task is tried at most this many times (each failure kills and replaces its worker)
+MAX_ATTEMPTS = 3
+#: seconds a new worker may take to start (import torch, build V and M) before it is
+#: taken as hung, when that is longer than ``worker_timeout``
+STARTUP_GRACE = 120.0
+#: lockstep group size when ``envs_per_worker = 0``: ceil(episodes / workers), at most this
+AUTO_ENVS_CAP = 32
+
+OnDone = Callable[[int, list[tuple]], None]
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Processes started inside get one BLAS/OpenMP thread from their first import: NumPy's
+    OpenBLAS reads its thread count when it loads, before a worker could set it, and a
+    second thread busy-waiting on a loaded core made preprocessing 40x slower."""
+    from worldmodels.utils.torch import THREAD_ENV_VARS
+
+    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+    os.environ.update({var: "1" for var in THREAD_ENV_VARS})
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class EvaluationBackend:
+    """Runs episodes on ``num_workers`` workers; subclasses implement :meth:`_execute`.
+
+    :param bundle: V and M for the workers (:func:`~worldmodels.control.evaluation.make_bundle`).
+    :param envs_per_worker: episodes per task (one lockstep group); 0: automatic.
+    :param worker_timeout: seconds a worker may spend on one task before it counts as hung.
+    """
+
+    num_workers: int = 1
+
+    def __init__(self, bundle: bytes, envs_per_worker: int = 0,
+                 worker_timeout: float = 600.0) -> None:
+        self.bundle = bundle
+        self.envs_per_worker = envs_per_worker
+        self.worker_timeout = worker_timeout
+        #: workers replaced after a crash or a hang, in total
+        self.restarts = 0
+
+    def task_size(self, episodes: int) -> int:
+        """Episodes per task for a batch of ``episodes``."""
+        if self.envs_per_worker > 0:
+            return self.envs_per_worker
+        return max(1, min(AUTO_ENVS_CAP, math.ceil(episodes / self.num_workers)))
+
+    def run(self, params: np.ndarray, specs: Sequence[EpisodeSpec], *, max_steps: int = 1000,
+            early_stop_steps: int = 0, progress: bool | None = False, desc: str = "episodes"
+            ) -> list[EpisodeResult]:
+        """Run every episode of ``specs``; one result per spec, in order.
+
+        :param params: (K, N) float64 flat controller parameters; ``spec.candidate`` is a row.
+        :raises WorldModelsError: a task failed :data:`MAX_ATTEMPTS` times, or raised.
+        """
+        params = np.asarray(params, dtype=np.float64)
+        size = self.task_size(len(specs))
+        tasks = []
+        for start in range(0, len(specs), size):
+            chunk = specs[start:start + size]
+            rows = sorted({s.candidate for s in chunk if s.candidate >= 0})
+            remap = {k: i for i, k in enumerate(rows)}
+            tasks.append({
+                "params": params[rows] if rows else np.zeros((0, params.shape[1])),
+                "specs": [(s.key, remap.get(s.candidate, -1), s.seed) for s in chunk],
+                "max_steps": int(max_steps), "early_stop_steps": int(early_stop_steps),
+            })
+        done: dict[int, EpisodeResult] = {}
+        bar = progress_bar(progress, total=len(specs), desc=desc, unit="ep")
+
+        def on_done(task_id: int, results: list[tuple]) -> None:
+            for r in results:
+                done[r[0]] = EpisodeResult(*r)
+            bar.update(len(results))
+
+        try:
+            self._execute(tasks, on_done)
+        finally:
+            bar.close()
+        missing = [s.key for s in specs if s.key not in done]
+        if missing:  # never score on fewer episodes than asked
+            raise WorldModelsError(f"{len(missing)} of {len(specs)} episodes have no result")
+        return [done[s.key] for s in specs]
+
+    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+        raise NotImplementedError
+
+    def _failed(self, attempts: list[int], task_id: int | None, what: str) -> None:
+        """Count a lost task; raise when it has failed too often."""
+        self.restarts += 1
+        if task_id is None:
+            print(f"warning: an evaluation worker {what}; replaced", file=sys.stderr)
+            return
+        attempts[task_id] += 1
+        if attempts[task_id] >= MAX_ATTEMPTS:
+            raise WorldModelsError(
+                f"an evaluation worker {what} on the same task {attempts[task_id]} times in a "
+                "row; stopping rather than scoring the generation on fewer episodes (the last "
+                "checkpoint is intact: fix the cause and re-run the same command)")
+        print(f"warning: an evaluation worker {what}; replaced, its episodes are re-run",
+              file=sys.stderr)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+
+    def __enter__(self) -> EvaluationBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------ in-process
+
+
+class InProcessBackend(EvaluationBackend):
+    """One worker: the tasks run in this process, with one torch thread (as a worker's).
+
+    NumPy's BLAS threads are fixed when NumPy loads: a process meant to run episodes itself
+    should start with ``OMP_NUM_THREADS=1`` / ``OPENBLAS_NUM_THREADS=1`` (the scripts do)."""
+
+    num_workers = 1
+
+    def __init__(self, bundle: bytes, envs_per_worker: int = 0,
+                 worker_timeout: float = 600.0) -> None:
+        super().__init__(bundle, envs_per_worker, worker_timeout)
+        self._state: WorkerState | None = None
+
+    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+        with _torch_threads(1):
+            if self._state is None:
+                self._state = WorkerState(self.bundle)
+            for task_id, task in enumerate(tasks):
+                on_done(task_id, self._state.run(task))
+
+    def close(self) -> None:
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+
+# ------------------------------------------------------------------------ local pool
+
+
+def _worker_main(conn: Any, bundle_path: str, core: int | None) -> None:
+    """A local evaluation worker: load V and M, say ready, then run tasks until told to stop."""
+    # Ctrl-C reaches the whole process group: only the main process handles it (and stops
+    # the workers), so no worker dies in the middle of a task on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {core})
+    from worldmodels.utils.torch import set_threads
+
+    set_threads(1)
+    with open(bundle_path, "rb") as f:
+        state = WorkerState(f.read())
+    hook = _fault_hook()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break
+        if message is None:
+            break
+        task_id, task = message
+        try:
+            results = state.run(task, on_step=hook)
+        except Exception:
+            conn.send(("error", task_id, traceback.format_exc()))
+        else:
+            conn.send(("ok", task_id, results))
+    state.close()
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class _Worker:
+    """One worker process of :class:`LocalBackend` and what it is doing."""
+
+    def __init__(self, ctx: Any, bundle_path: str, core: int | None) -> None:
+        self.conn, child = ctx.Pipe()
+        # The bundle goes by file: a large argument would be written into the start-up pipe,
+        # and CPython blocks for ever on that write if the child dies before reading it.
+        self.process = ctx.Process(target=_worker_main, args=(child, bundle_path, core),
+                                   daemon=True)
+        with _single_threaded_children():
+            self.process.start()
+        child.close()
+        self.core = core
+        self.ready = False
+        self.task: int | None = None
+        self.since = time.monotonic()  # start of the current task, or of the process
+
+    def stop(self, wait: float = 2.0) -> None:
+        if self.process.is_alive() and self.ready and self.task is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+            self.process.join(wait)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(wait)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(wait)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+class LocalBackend(EvaluationBackend):
+    """A pool of worker processes on this machine (spawned once, reused every generation).
+
+    :param workers: number of processes (0: one per usable core); worker ``i`` is pinned to
+        core ``i mod cores`` and uses one torch thread.
+    """
+
+    def __init__(self, bundle: bytes, workers: int = 0, envs_per_worker: int = 0,
+                 worker_timeout: float = 600.0) -> None:
+        import multiprocessing as mp
+
+        super().__init__(bundle, envs_per_worker, worker_timeout)
+        self.cores = usable_cores()
+        self.num_workers = workers or len(self.cores)
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._bundle_path: str | None = None
+        self._start_failures = 0  # workers in a row that died before they were ready
+
+    def _spawn(self, slot: int) -> _Worker:
+        if self._bundle_path is None:
+            fd, self._bundle_path = tempfile.mkstemp(prefix="worldmodels-bundle-", suffix=".pt")
+            # removed by close(), or at exit if close() is never reached
+            self._remove_bundle = weakref.finalize(self, _remove_file, self._bundle_path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.bundle)
+        return _Worker(self._ctx, self._bundle_path, self.cores[slot % len(self.cores)])
+
+    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+        from multiprocessing.connection import wait
+
+        while len(self._workers) < min(self.num_workers, len(tasks)):
+            self._workers.append(self._spawn(len(self._workers)))
+        queue = deque(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        while queue or any(w.task is not None for w in self._workers):
+            for w in self._workers:
+                if w.ready and w.task is None and queue:
+                    w.task = queue.popleft()
+                    w.since = time.monotonic()
+                    with contextlib.suppress(OSError):  # a dead worker: found by _poll
+                        w.conn.send((w.task, tasks[w.task]))
+            # Wake up for a message, a death, or the next deadline (at least once a second).
+            busy = [w.since + self._limit(w) for w in self._workers
+                    if w.task is not None or not w.ready]
+            timeout = min([1.0] + [d - time.monotonic() for d in busy])
+            objects = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+            wait(objects, timeout=max(0.01, timeout))
+            for slot, w in enumerate(self._workers):
+                problem = self._poll(w, tasks, on_done)
+                if problem is not None:
+                    self._check_start(w, problem)
+                    lost = w.task
+                    w.stop(wait=0.5)
+                    self._workers[slot] = self._spawn(slot)
+                    if lost is not None:
+                        queue.appendleft(lost)
+                    self._failed(attempts, lost, problem)
+
+    def _poll(self, w: _Worker, tasks: list[dict[str, Any]], on_done: OnDone) -> str | None:
+        """Handle what worker ``w`` sent; a description of its failure, or None."""
+        try:
+            while w.conn.poll():
+                kind, *rest = w.conn.recv()
+                if kind == "ready":
+                    w.ready, w.since = True, time.monotonic()
+                    self._start_failures = 0
+                elif kind == "ok":
+                    task_id, results = rest
+                    w.task = None
+                    on_done(task_id, results)
+                else:
+                    task_id, text = rest
+                    raise WorldModelsError(
+                        f"an evaluation worker raised on task {task_id}:\n{text.rstrip()}")
+        except (EOFError, OSError):
+            pass  # the process is gone: reported below with its exit code
+        if not w.process.is_alive():
+            w.process.join(0.1)
+            return f"died (exit code {w.process.exitcode})"
+        if (w.task is not None or not w.ready) and time.monotonic() - w.since > self._limit(w):
+            if not w.ready:
+                return f"did not start within {self._limit(w):g} s"
+            return f"hung (no result within worker_timeout={self.worker_timeout:g} s)"
+        return None
+
+    def _check_start(self, w: _Worker, problem: str) -> None:
+        """Workers that cannot even start would be replaced for ever: stop after a few."""
+        if w.ready:
+            return
+        self._start_failures += 1
+        if self._start_failures >= MAX_ATTEMPTS:
+            raise WorldModelsError(
+                f"evaluation workers cannot start: {self._start_failures} in a row "
+                f"{problem} (out of memory? a script calling this without an "
+                "`if __name__ == '__main__':` guard?)")
+
+    def _limit(self, w: _Worker) -> float:
+        """Seconds ``w`` may stay silent: a task's ``worker_timeout``, or the start-up grace."""
+        return self.worker_timeout if w.ready else max(self.worker_timeout, STARTUP_GRACE)
+
+    def close(self) -> None:
+        try:
+            for w in self._workers:
+                with contextlib.suppress(Exception):  # stop the others whatever happens
+                    w.stop()
+        finally:
+            self._workers = []
+            if self._bundle_path is not None:
+                self._remove_bundle()
+                self._bundle_path = None
+
+
+# ------------------------------------------------------------------------------- Ray
+
+
+class _RayEvaluator:
+    """The Ray actor behind :class:`RayBackend` (decorated with ``ray.remote`` there)."""
+
+    def __init__(self, bundle: bytes) -> None:
+        from worldmodels.utils.torch import set_threads
+
+        set_threads(1)
+        self.state = WorkerState(bundle)
+        self.hook = _fault_hook()
+
+    def run(self, task: dict[str, Any]) -> list[tuple]:
+        return self.state.run(task, on_step=self.hook)
+
+
+class RayBackend(EvaluationBackend):
+    """One Ray actor per worker (default: one per CPU of the cluster).
+
+    :param address: a running cluster's address; ``""`` starts a local cluster with
+        ``workers`` CPUs (all cores when 0) and shuts it down in :meth:`close`. A Ray session
+        already started by the caller (``ray.init``) is used as it is.
+    """
+
+    def __init__(self, bundle: bytes, workers: int = 0, envs_per_worker: int = 0,
+                 worker_timeout: float = 600.0, address: str = "") -> None:
+        try:
+            import ray
+        except ImportError:
+            raise WorldModelsError(
+                "--backend ray needs Ray: pip install 'worldmodels[dist]'") from None
+        super().__init__(bundle, envs_per_worker, worker_timeout)
+        self._ray = ray
+        self._owns_session = not ray.is_initialized()
+        if self._owns_session:
+            kwargs = {} if address else {"num_cpus": workers or len(usable_cores())}
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     **kwargs)
+        self.num_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._bundle_ref = ray.put(bundle)
+        from worldmodels.utils.torch import THREAD_ENV_VARS
+
+        one_thread = {"env_vars": {var: "1" for var in THREAD_ENV_VARS}}  # see LocalBackend
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0,
+                                       runtime_env=one_thread)(_RayEvaluator)
+        self._actors: list[Any] = []
+        self._fresh: list[bool] = []
+
+    def _spawn(self) -> Any:
+        return self._actor_class.remote(self._bundle_ref)
+
+    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+        ray = self._ray
+        lost_errors = tuple(e for e in (getattr(ray.exceptions, n, None) for n in (
+            "RayActorError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"))
+            if e is not None)
+        while len(self._actors) < min(self.num_workers, len(tasks)):
+            self._actors.append(self._spawn())
+            self._fresh.append(True)
+        queue = deque(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        running: dict[Any, tuple[int, int, float]] = {}  # ref -> (slot, task, deadline)
+        idle = list(range(len(self._actors)))
+        while queue or running:
+            while idle and queue:
+                slot, task_id = idle.pop(0), queue.popleft()
+                grace = STARTUP_GRACE if self._fresh[slot] else 0.0
+                ref = self._actors[slot].run.remote(tasks[task_id])
+                running[ref] = (slot, task_id, time.monotonic() + self.worker_timeout + grace)
+            timeout = max(0.01, min(min(d for _, _, d in running.values()) - time.monotonic(),
+                                    1.0))
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
+            for ref in ready:
+                slot, task_id, _ = running.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except lost_errors as e:
+                    self._replace(slot)
+                    queue.appendleft(task_id)
+                    self._failed(attempts, task_id, f"died ({type(e).__name__})")
+                except ray.exceptions.RayTaskError as e:
+                    raise WorldModelsError(f"an evaluation actor raised on task {task_id}:\n"
+                                           f"{e}") from None
+                else:
+                    self._fresh[slot] = False
+                    on_done(task_id, results)
+                idle.append(slot)
+            now = time.monotonic()
+            for ref, (slot, task_id, deadline) in list(running.items()):
+                if now > deadline:
+                    running.pop(ref)
+                    self._replace(slot)
+                    queue.appendleft(task_id)
+                    idle.append(slot)
+                    self._failed(attempts, task_id, "hung (no result within worker_timeout="
+                                 f"{self.worker_timeout:g} s)")
+
+    def _replace(self, slot: int) -> None:
+        with contextlib.suppress(Exception):
+            self._ray.kill(self._actors[slot], no_restart=True)
+        self._actors[slot] = self._spawn()
+        self._fresh[slot] = True
+
+    def close(self) -> None:
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+        self._actors = []
+        if self._owns_session and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._owns_session = False
+
+
+# ------------------------------------------------------------------------------ choice
+
+
+def make_backend(bundle: bytes, *, backend: str = "local", workers: int = 0,
+                 envs_per_worker: int = 0, address: str = "",
+                 worker_timeout: float = 600.0) -> EvaluationBackend:
+    """The backend a config asks for: ``ray``; ``local`` with one worker runs in this
+    process, with more a process pool (``workers = 0``: one per usable core)."""
+    if backend == "ray":
+        return RayBackend(bundle, workers, envs_per_worker, worker_timeout, address)
+    if backend != "local":
+        raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+    n = workers or len(usable_cores())
+    if n == 1:
+        return InProcessBackend(bundle, envs_per_worker, worker_timeout)
+    return LocalBackend(bundle, n, envs_per_worker, worker_timeout)

@@ -1,0 +1,345 @@
+"""Training C with CMA-ES in the real CarRacing environment.
+
+Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 4.4: C's parameters are
+evolved with CMA-ES (Hansen & Ostermeier 2001; Hansen, *The CMA Evolution Strategy: A
+Tutorial*, 2016, arXiv:1604.00772) using ``pycma``, a population of 64 candidates, each scored
+by the mean return of 16 episodes. The authors' loop (estool) starts from the zero vector with
+``sigma0 = 0.1`` and scores the distribution's mean every 25 generations on 1024 episodes.
+
+    python scripts/train_controller.py --run runs/demo
+    python scripts/train_controller.py --run runs/demo --preset smoke
+
+One generation, reading top to bottom in :func:`train_controller`:
+
+1. ``ask``: P candidate vectors from the search distribution ``N(m, sigma^2 C)``;
+2. tracks: T seeds drawn from ``(seed, generation)`` -- the *same* T tracks for every
+   candidate (common random numbers: candidates are compared on equal terms, so the ranking
+   is less noisy), *fresh* tracks each generation (no overfitting to a track set);
+3. evaluate the P x T episodes on the backend (:mod:`~worldmodels.control.backends`: local
+   worker processes stepping their environments in lockstep, or Ray); fitness = mean return;
+4. ``tell`` CMA-ES the fitnesses (it minimises ``-fitness``);
+5. every ``eval_every`` generations (and after the last) score the new mean ``m`` on a fixed
+   held-out track set, without early termination (generation 0 scores the start point, so
+   the curve shows the improvement on the same tracks);
+6. log to TensorBoard (``fitness/best|mean|worst``, ``charts/sigma``, ``eval/mean``,
+   generation time, env-steps/s) and checkpoint ``<run>/controller/last.pt``; ``best.pt`` when
+   the held-out score improves. Both hold C at the distribution's mean.
+
+**Resume.** The checkpoint holds the whole CMA-ES state: the pickled
+``CMAEvolutionStrategy`` (mean, step size, covariance, evolution paths, and the private NumPy
+generator it samples from) stored as a uint8 tensor in ``extra``, so the file still loads with
+``torch.load(weights_only=True)``; the generation's track seeds are recomputed from
+``(seed, generation)``. Episodes are deterministic given seed and parameters, so a killed and
+resumed run follows exactly the trajectory of an uninterrupted one (the tests check it). A
+generation interrupted mid-way is re-run from its start. The pickle is only read back to
+resume training: resume only runs you trust (``evaluate.py`` reads the weights alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pickle
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.config import Config, ControllerConfig, apply_dict, save_resolved, validate
+from worldmodels.control.agent import CONTROLLER_KIND, load_world_model
+from worldmodels.control.backends import make_backend
+from worldmodels.control.controller import Controller
+from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
+from worldmodels.errors import ConfigError, DataError, WorldModelsError
+from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
+from worldmodels.utils.logs import RunLogger
+from worldmodels.utils.progress import progress_bar
+from worldmodels.utils.torch import derive_seed
+
+__all__ = [
+    "new_strategy",
+    "generation_seeds",
+    "heldout_seeds",
+    "strategy_to_tensor",
+    "strategy_from_tensor",
+    "train_controller",
+]
+
+# Settings that change the search trajectory: they must not change within a run.
+TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
+                   "max_steps", "early_stop_steps", "batch_invariant")
+
+
+# ----------------------------------------------------------------------------- CMA-ES
+
+
+def _import_cma() -> Any:
+    """``import cma`` without its warning that matplotlib (plots only) is missing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import cma
+    return cma
+
+
+def new_strategy(num_params: int, cfg: ControllerConfig) -> Any:
+    """A fresh ``cma.CMAEvolutionStrategy`` at the zero vector with ``sigma0``, population
+    ``cfg.population``, sampling from its own ``numpy.random.RandomState`` seeded from
+    ``cfg.seed`` (not NumPy's global generator: the pickled strategy carries its generator,
+    and nothing else in the process can move it)."""
+    cma = _import_cma()
+    rng = np.random.RandomState(derive_seed(cfg.seed, "cmaes"))
+    options = {"popsize": cfg.population, "randn": rng.randn, "seed": np.nan,
+               "verbose": -9, "verb_disp": 0, "verb_log": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cma.CMAEvolutionStrategy(np.zeros(num_params), cfg.sigma0, options)
+
+
+def strategy_to_tensor(es: Any) -> torch.Tensor:
+    """The pickled strategy as a uint8 tensor (storable in a ``weights_only`` checkpoint)."""
+    return torch.frombuffer(bytearray(pickle.dumps(es, protocol=4)), dtype=torch.uint8)
+
+
+def strategy_from_tensor(data: torch.Tensor) -> Any:
+    """Inverse of :func:`strategy_to_tensor` (unpickles: trusted checkpoints only)."""
+    _import_cma()
+    return pickle.loads(data.cpu().numpy().tobytes())
+
+
+def generation_seeds(seed: int, generation: int, trials: int) -> list[int]:
+    """The T track seeds of ``generation``: shared by its candidates, new each generation."""
+    return [derive_seed(seed, "tracks", generation, j) for j in range(trials)]
+
+
+def heldout_seeds(seed: int, episodes: int) -> list[int]:
+    """The run's fixed held-out tracks (32-bit seeds derived from the run seed, so they
+    almost surely differ from training tracks and from ``evaluate.py``'s ``S .. S+N-1``)."""
+    return [derive_seed(seed, "heldout", j) for j in range(episodes)]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _stage_identity(run_dir: Path, stage: str) -> dict[str, Any]:
+    """Which checkpoint of V or M a controller was trained with (file, step, creation)."""
+    for name in (CheckpointManager.BEST, CheckpointManager.LAST):
+        path = run_dir / stage / name
+        if path.exists():
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return {"stage": stage, "file": name, "step": int(data["step"]),
+                    "created": float(data.get("created", 0.0))}
+    raise DataError(f"no checkpoint in {run_dir / stage}")
+
+
+def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,
+                      world: dict[str, Any], stage_dir: Path) -> None:
+    extra = checkpoint.get("extra") or {}
+    trained = extra.get("train") or {}
+    diff = [(name, trained[name], getattr(k, name)) for name in TRAJECTORY_KEYS
+            if name in trained and trained[name] != getattr(k, name)]
+    if diff:
+        was = ", ".join(f"{n}={a!r}" for n, a, _ in diff)
+        now = ", ".join(f"{n}={b!r}" for n, _, b in diff)
+        raise ConfigError(f"{stage_dir} holds a CMA-ES run with {was} but the config asks for "
+                          f"{now}: pass the same settings, use another --run, or delete "
+                          f"{stage_dir} to start over")
+    if extra.get("world_model") not in (None, world):
+        raise ConfigError(f"V or M in {stage_dir.parent} changed since {stage_dir} was "
+                          f"started: delete {stage_dir} to train C on the new world model")
+
+
+def _save_config(cfg: Config, run_dir: Path) -> None:
+    """``<run>/config.json``: other stages' sections kept, ``[controller]`` this run's."""
+    resolved = Config()
+    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
+        apply_dict(resolved, json.loads((run_dir / "config.json").read_text()), "config.json")
+    resolved.controller = dataclasses.replace(cfg.controller)
+    with contextlib.suppress(WorldModelsError):
+        validate(resolved)
+    save_resolved(resolved, run_dir)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, so the workers are stopped on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None = None
+                     ) -> dict[str, Any]:
+    """Evolve C by CMA-ES on ``<run>/`` V and M, resuming from ``controller/last.pt``.
+
+    :param cfg: the config; only ``cfg.controller`` is read.
+    :param run_dir: holds V (``<vae_model>/``) and M (``mdnrnn/``); gets ``controller/`` and
+        ``tb/controller/``.
+    :param progress: tqdm bar over generations (None: only on a terminal).
+    :return: summary: ``generations`` (done), ``population``, ``trials``, ``params``,
+        ``history`` (per generation: ``mean``, ``best``, ``worst``, ``sigma``, ``seconds``,
+        ``env_steps_per_s`` and, when scored, ``eval``), ``fitness/mean`` and ``fitness/best``
+        of the last generation, ``eval/best`` (best held-out score), ``generation_seconds``
+        and ``env_steps_per_s`` (this invocation), ``wall_seconds``, ``worker_restarts``,
+        ``checkpoint`` (best.pt, else last.pt), ``env``.
+    :raises DataError: V or M missing or not fitting together.
+    :raises ConfigError: the run directory holds a CMA-ES run of other settings.
+    """
+    k = cfg.controller
+    run_dir = Path(run_dir)
+    t_start = time.perf_counter()
+    vae, mdnrnn, vae_model = load_world_model(run_dir, k.vae_model, "cpu")
+    world = {"vae_model": vae_model, "vae": _stage_identity(run_dir, vae_model),
+             "mdnrnn": _stage_identity(run_dir, "mdnrnn")}
+    controller_kwargs = {"hidden_layer": k.hidden_layer, "use_hidden_state": k.use_hidden_state}
+    controller = Controller(latent_dim=vae.latent_dim, hidden_dim=mdnrnn.hidden_dim,
+                            **controller_kwargs)
+    num_params = controller.num_parameters
+    P, T = k.population, k.trials
+
+    # -- resume from last.pt, or start fresh
+    stage_dir = run_dir / CONTROLLER_KIND
+    manager = CheckpointManager(stage_dir, CONTROLLER_KIND, metric="eval/mean", mode="max")
+    checkpoint = manager.latest()
+    generation, history, wall_before = 0, [], 0.0
+    if checkpoint is not None:
+        _check_compatible(checkpoint, k, world, stage_dir)
+        extra = checkpoint["extra"]
+        es = strategy_from_tensor(extra["es"])
+        generation, history = int(checkpoint["step"]), list(extra.get("history", []))
+        wall_before = float(extra.get("wall_seconds", 0.0))
+        restore_rng(checkpoint)
+    else:
+        es = new_strategy(num_params, k)
+
+    def summary(seconds: list[float], steps_per_s: list[float], restarts: int) -> dict[str, Any]:
+        path = manager.best_path if manager.best_path.exists() else manager.last_path
+        last = history[-1] if history and "mean" in history[-1] else {}
+        return {
+            "generations": generation, "population": P, "trials": T, "params": num_params,
+            "fitness/mean": last.get("mean"), "fitness/best": last.get("best"),
+            "eval/best": manager.best_value, "history": history,
+            "generation_seconds": float(np.mean(seconds)) if seconds else None,
+            "env_steps_per_s": float(np.mean(steps_per_s)) if steps_per_s else None,
+            "wall_seconds": wall_before + time.perf_counter() - t_start,
+            "worker_restarts": restarts, "checkpoint": str(path), "env": ENV_NOTE,
+        }
+
+    if generation >= k.generations:
+        return summary([], [], 0)  # finished earlier: nothing to do
+
+    bundle = make_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
+                         batch_invariant=k.batch_invariant)
+    heldout = heldout_seeds(k.seed, k.eval_episodes)
+    seconds: list[float] = []
+    steps_per_s: list[float] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_interrupt())
+        # A fresh start drops the logs of an earlier attempt (resume_step=-1), a resume
+        # those after its checkpoint.
+        logger = stack.enter_context(RunLogger(
+            run_dir, CONTROLLER_KIND, resume_step=generation if checkpoint is not None else -1))
+        logger.hparams(dataclasses.asdict(k))
+        _save_config(cfg, run_dir)
+        backend = stack.enter_context(make_backend(
+            bundle, backend=k.backend, workers=k.workers, envs_per_worker=k.envs_per_worker,
+            address=k.address, worker_timeout=k.worker_timeout))
+        bar = stack.enter_context(progress_bar(progress, total=k.generations,
+                                               initial=generation, desc="cma-es", unit="gen"))
+
+        def score_mean(params: np.ndarray) -> dict[str, float]:
+            """The held-out score of one parameter vector (no early termination)."""
+            held = backend.run(params[None], [EpisodeSpec(j, 0, s) for j, s in enumerate(heldout)],
+                               max_steps=k.max_steps, early_stop_steps=0)
+            r = np.array([x.episode_return for x in held])
+            return {"eval/mean": float(r.mean()), "eval/std": float(r.std()),
+                    "eval/min": float(r.min()), "eval/max": float(r.max())}
+
+        if generation == 0 and k.eval_every > 0 and not history:
+            # the baseline: the start point (the zero controller) on the held-out tracks
+            baseline = score_mean(np.asarray(es.mean, dtype=np.float64))
+            logger.log(0, baseline)
+            history.append({"generation": 0, "eval": baseline["eval/mean"]})
+        while generation < k.generations:
+            t0 = time.perf_counter()
+            # -- ask: P candidates; the same T fresh tracks for all of them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                solutions = np.asarray(es.ask(), dtype=np.float64)  # (P, N)
+            seeds = generation_seeds(k.seed, generation, T)
+            specs = [EpisodeSpec(c * T + j, c, seeds[j]) for c in range(P) for j in range(T)]
+
+            # -- evaluate: P x T episodes, fitness = mean return per candidate
+            results = backend.run(solutions, specs, max_steps=k.max_steps,
+                                  early_stop_steps=k.early_stop_steps)
+            returns = np.array([r.episode_return for r in results]).reshape(P, T)
+            fitness = returns.mean(axis=1)
+            steps = sum(r.steps for r in results)
+            eval_seconds = time.perf_counter() - t0
+
+            # -- tell: CMA-ES minimises
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                es.tell(list(solutions), list(-fitness))
+            generation += 1
+            mean_params = np.asarray(es.mean, dtype=np.float64).copy()
+            scalars = {
+                "fitness/best": float(fitness.max()), "fitness/mean": float(fitness.mean()),
+                "fitness/worst": float(fitness.min()), "fitness/std": float(fitness.std()),
+                "charts/sigma": float(es.sigma),
+                "charts/generation_seconds": eval_seconds,
+                "charts/env_steps_per_s": steps / max(eval_seconds, 1e-9),
+                "charts/episode_steps": steps / len(results),
+                "charts/early_stopped": float(np.mean([r.stopped_early for r in results])),
+                "charts/worker_restarts": backend.restarts,
+            }
+            record = {"generation": generation, "mean": scalars["fitness/mean"],
+                      "best": scalars["fitness/best"], "worst": scalars["fitness/worst"],
+                      "sigma": scalars["charts/sigma"], "seconds": eval_seconds,
+                      "env_steps_per_s": scalars["charts/env_steps_per_s"]}
+
+            # -- the distribution's mean on the held-out tracks (no early termination)
+            metrics: dict[str, float] = {"fitness/mean": scalars["fitness/mean"]}
+            due = k.eval_every > 0 and generation % k.eval_every == 0
+            if due or generation == k.generations:
+                metrics.update(score_mean(mean_params))
+                record["eval"] = metrics["eval/mean"]
+            history.append(record)
+            logger.log(generation, {**scalars, **{m: v for m, v in metrics.items()
+                                                  if m.startswith("eval/")}})
+
+            # -- checkpoint: C at the mean, and the whole CMA-ES state
+            controller.set_flat(mean_params)
+            manager.save(model=controller, model_config=controller.hparams, step=generation,
+                         metrics=metrics, extra={
+                             "es": strategy_to_tensor(es), "train": dataclasses.asdict(k),
+                             "vae_model": vae_model, "world_model": world,
+                             "history": history,
+                             "wall_seconds": wall_before + time.perf_counter() - t_start})
+            logger.flush()
+            seconds.append(time.perf_counter() - t0)
+            steps_per_s.append(scalars["charts/env_steps_per_s"])
+            bar.update(1)
+            held_text = f" held-out {record['eval']:.1f}" if "eval" in record else ""
+            bar.set_postfix_str(
+                f"mean {record['mean']:.1f} best {record['best']:.1f} sigma {es.sigma:.3g}"
+                f"{held_text} | {seconds[-1]:.1f} s/gen {steps_per_s[-1]:.0f} steps/s")
+        return summary(seconds, steps_per_s, backend.restarts)

@@ -1,0 +1,380 @@
+"""Episodes of the *World Models* agent in the real environment, many in lockstep.
+
+Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 4: C's fitness is the
+mean return of full CarRacing episodes (16 per candidate while training, 100 for the reported
+score). This module runs such episodes:
+
+* :func:`run_episodes` steps up to ``batch_size`` environments in lockstep in one process:
+  their observations are stacked so that V and M run batched
+  (:class:`~worldmodels.control.agent.WorldModelAgent`); an environment that finishes stops
+  contributing rows. Each episode's return is the one it would have alone (the agent is
+  batch-invariant; ``tests/test_agent.py`` checks it bit for bit).
+* :class:`WorkerState` is what one evaluation worker holds: V and M loaded once from a
+  serialised bundle (:func:`make_bundle`), and its environments, reused across tasks
+  (``reset(seed)`` rebuilds the track: a reused environment gives the same episode).
+* :func:`evaluate` is ``scripts/evaluate.py``: a run's controller on tracks ``S .. S+N-1``.
+
+The environment is ``worldmodels/FastCarRacing-v3``, bit-identical to gymnasium's
+``CarRacing-v3`` (observations, rewards, termination) and faster, with CarRacing-v3's
+1,000-step limit: its returns *are* CarRacing-v3 returns.
+
+**Early termination** (``early_stop_steps = K > 0``, training only). An episode whose car
+reached no new track tile during the last K steps is stopped and scored as if it never reached
+another: its return so far minus CarRacing's 0.1 per remaining step up to ``max_steps``. That
+is its true return when the car stays lost (the common case: off the track, spinning, or
+stopped) and does not leave the playfield (-100). The estimate is biased low for a car that
+would have found the track again, and biased high for one that would have left the playfield;
+a candidate that stops moving scores what standing still really scores, so the option gives no
+incentive to stop early (scoring the return so far would: a lost car would then save its
+remaining time penalty, up to 100 points). The held-out score and ``evaluate.py`` never stop
+early.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.control.agent import WorldModelAgent, load_controller, load_world_model
+from worldmodels.control.controller import Controller
+from worldmodels.errors import ConfigError, WorldModelsError
+
+__all__ = [
+    "TIME_PENALTY",
+    "EpisodeSpec",
+    "EpisodeResult",
+    "EnvPool",
+    "run_episodes",
+    "make_bundle",
+    "WorkerState",
+    "evaluate",
+]
+
+#: CarRacing's reward per frame without a new tile
+TIME_PENALTY = -0.1
+#: the environment episodes run in (bit-identical to gymnasium's CarRacing-v3)
+ENV_NOTE = "worldmodels/FastCarRacing-v3 (bit-identical to CarRacing-v3, faster renderer)"
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One episode to run.
+
+    :ivar key: the caller's index of the episode (where its result goes).
+    :ivar candidate: row of the parameter table whose controller drives (-1: the agent's own).
+    :ivar seed: track seed (``env.reset(seed=seed)``).
+    """
+
+    key: int
+    candidate: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """What one episode gave.
+
+    :ivar key: the :attr:`EpisodeSpec.key`.
+    :ivar episode_return: sum of the rewards (plus the early-termination estimate, if stopped).
+    :ivar steps: environment steps taken.
+    :ivar tiles: track tiles visited.
+    :ivar stopped_early: ended by early termination.
+    """
+
+    key: int
+    episode_return: float
+    steps: int
+    tiles: int
+    stopped_early: bool
+
+
+def make_env() -> Any:
+    """``gymnasium.make("worldmodels/FastCarRacing-v3")``: CarRacing-v3 with its time limit."""
+    import gymnasium as gym
+
+    import worldmodels.envs as envs
+
+    return gym.make(envs.FAST_ENV_ID)
+
+
+class EnvPool:
+    """Environments reused across episodes (creating one costs more than a reset)."""
+
+    def __init__(self) -> None:
+        self.envs: list[Any] = []
+
+    def take(self, n: int) -> list[Any]:
+        while len(self.envs) < n:
+            self.envs.append(make_env())
+        return self.envs[:n]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
+def run_episodes(
+    agent: WorldModelAgent,
+    specs: Sequence[EpisodeSpec],
+    params: np.ndarray | None = None,
+    *,
+    controller_kwargs: dict[str, Any] | None = None,
+    max_steps: int = 1000,
+    early_stop_steps: int = 0,
+    batch_size: int = 0,
+    envs: EnvPool | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run ``specs`` in lockstep groups of ``batch_size`` (0: all at once) in this process.
+
+    :param agent: V + M (+ the default C for ``candidate = -1``).
+    :param specs: the episodes.
+    :param params: (K, N) flat controller parameters; spec ``candidate = k`` uses row k.
+    :param controller_kwargs: ``hidden_layer`` / ``use_hidden_state`` of those controllers.
+    :param max_steps: steps per episode at most (CarRacing-v3 also truncates at 1000).
+    :param early_stop_steps: K > 0 stops an episode after K steps without a new tile (see the
+        module docstring); 0: off.
+    :param envs: environments to reuse (default: made and closed here).
+    :param on_step: called after each lockstep step with the number of steps of the group.
+    :return: one result per spec, in the order of ``specs``.
+    """
+    own = envs is None
+    pool = envs if envs is not None else EnvPool()
+    cache: dict[int, Controller] = {}
+
+    def controller(k: int) -> Controller:
+        if k < 0:
+            return agent.controller
+        if params is None:
+            raise ValueError(f"episode asks for candidate {k} but no parameter table was given")
+        if k not in cache:
+            cache[k] = agent.make_controller(params[k], **(controller_kwargs or {}))
+        return cache[k]
+
+    results: list[EpisodeResult] = []
+    size = batch_size if batch_size > 0 else max(len(specs), 1)
+    try:
+        for start in range(0, len(specs), size):
+            group = list(specs[start:start + size])
+            results += _lockstep(agent, group, [controller(s.candidate) for s in group],
+                                 pool.take(len(group)), max_steps, early_stop_steps, on_step)
+    finally:
+        if own:
+            pool.close()
+    return results
+
+
+def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: list[Controller],
+              envs: list[Any], max_steps: int, early_stop_steps: int,
+              on_step: Callable[[int], None] | None) -> list[EpisodeResult]:
+    n = len(specs)
+    agent.reset(n)
+    obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
+    returns = [0.0] * n
+    steps = [0] * n
+    tiles = [0] * n
+    last_tile = [0] * n
+    results: list[EpisodeResult | None] = [None] * n
+    active = list(range(n))
+    t = 0
+    while active:
+        actions = agent.act(np.stack([obs[i] for i in active]), rows=active,
+                            controllers=[controllers[i] for i in active])
+        still = []
+        for j, i in enumerate(active):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(actions[j])
+            returns[i] += float(reward)
+            steps[i] += 1
+            visited = int(envs[i].unwrapped.tile_visited_count)
+            if visited > tiles[i]:
+                tiles[i], last_tile[i] = visited, steps[i]
+            done = terminated or truncated or steps[i] >= max_steps
+            early = (not done and early_stop_steps > 0
+                     and steps[i] - last_tile[i] >= early_stop_steps)
+            if early:
+                returns[i] += TIME_PENALTY * (max_steps - steps[i])
+            if done or early:
+                results[i] = EpisodeResult(specs[i].key, returns[i], steps[i], tiles[i], early)
+            else:
+                still.append(i)
+        active = still
+        t += 1
+        if on_step is not None:
+            on_step(t)
+    return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def make_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
+                controller_kwargs: dict[str, Any] | None = None, device: str = "cpu",
+                batch_invariant: bool = True) -> bytes:
+    """V and M (configs and weights) and the agent's settings, serialised once for the
+    workers (``torch.save`` of plain types: a worker needs no access to the run directory,
+    so Ray nodes need not share its disk)."""
+    bundle = {
+        "vae": {"hparams": dict(vae.hparams), "state_dict": vae.state_dict()},
+        "mdnrnn": {"hparams": dict(mdnrnn.hparams), "state_dict": mdnrnn.state_dict()},
+        "controller_kwargs": dict(controller_kwargs or {}),
+        "device": str(device),
+        "batch_invariant": bool(batch_invariant),
+    }
+    buf = io.BytesIO()
+    torch.save(bundle, buf)
+    return buf.getvalue()
+
+
+class WorkerState:
+    """One evaluation worker: the agent built from a bundle, and its environments.
+
+    :param bundle: bytes of :func:`make_bundle`.
+    :param device: overrides the bundle's device (e.g. a Ray node's own GPU).
+    """
+
+    def __init__(self, bundle: bytes, device: str | None = None) -> None:
+        from worldmodels.generative import ConvVAE
+        from worldmodels.memory.mdnrnn import MDNRNN
+        from worldmodels.utils.torch import resolve_device
+
+        data = torch.load(io.BytesIO(bundle), map_location="cpu", weights_only=True)
+        vae = ConvVAE(**data["vae"]["hparams"])
+        vae.load_state_dict(data["vae"]["state_dict"])
+        mdnrnn = MDNRNN(**data["mdnrnn"]["hparams"])
+        mdnrnn.load_state_dict(data["mdnrnn"]["state_dict"])
+        self.controller_kwargs: dict[str, Any] = data["controller_kwargs"]
+        self.agent = WorldModelAgent(vae, mdnrnn, device=resolve_device(device or data["device"]),
+                                     batch_invariant=data["batch_invariant"])
+        self.envs = EnvPool()
+
+    def run(self, task: dict[str, Any], on_step: Callable[[int], None] | None = None
+            ) -> list[tuple]:
+        """Run one task: ``{"params": (k, N), "specs": [(key, candidate, seed)], "max_steps",
+        "early_stop_steps"}`` in one lockstep group; results as plain tuples."""
+        specs = [EpisodeSpec(*s) for s in task["specs"]]
+        results = run_episodes(self.agent, specs, task["params"],
+                               controller_kwargs=self.controller_kwargs,
+                               max_steps=task["max_steps"],
+                               early_stop_steps=task["early_stop_steps"], envs=self.envs,
+                               on_step=on_step)
+        return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early) for r in results]
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+# ------------------------------------------------------------------------- evaluate.py
+
+
+def evaluate(
+    run_dir: str | Path,
+    episodes: int = 100,
+    seed: int = 0,
+    *,
+    workers: int = 0,
+    backend: str = "local",
+    address: str = "",
+    device: str = "cpu",
+    max_steps: int = 1000,
+    envs_per_worker: int = 0,
+    worker_timeout: float = 600.0,
+    checkpoint: str = "best",
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Score a run's controller on tracks ``seed .. seed + episodes - 1`` (the paper's
+    protocol: 100 tracks, mean ± std of the full-episode returns), without early termination.
+
+    :param run_dir: holds V, M and ``controller/best.pt`` (else ``last.pt``).
+    :param checkpoint: ``best`` (the held-out best, else the last) or ``last``.
+    :param max_steps: 1000 is CarRacing-v3's episode; fewer gives returns that are not
+        CarRacing-v3 scores.
+    :return: ``mean``, ``std`` (population std of the returns), ``min``, ``max``,
+        ``returns`` (in seed order), ``seeds``, ``steps``, ``env_steps_per_s``, ``seconds``,
+        ``checkpoint``, ``generation``, ``env``.
+    """
+    from worldmodels.control.backends import make_backend
+
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if not 1 <= max_steps <= 1000:
+        raise ConfigError(f"--max-steps must be in 1..1000, got {max_steps}")
+    controller, ckpt = load_controller(run_dir, "cpu", checkpoint)
+    vae_model = (ckpt.get("extra") or {}).get("vae_model", "auto")
+    vae, mdnrnn, _ = load_world_model(run_dir, vae_model, "cpu")
+    hp = controller.hparams
+    if hp["latent_dim"] != vae.latent_dim or (hp["use_hidden_state"]
+                                              and hp["hidden_dim"] != mdnrnn.hidden_dim):
+        raise WorldModelsError(f"the controller in {run_dir} was trained for another V or M "
+                               f"(z {hp['latent_dim']}, h {hp['hidden_dim']})")
+    kwargs = {"hidden_layer": hp["hidden_layer"], "use_hidden_state": hp["use_hidden_state"]}
+    bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=device)
+    params = controller.get_flat()[None]
+    seeds = [seed + k for k in range(episodes)]
+    specs = [EpisodeSpec(k, 0, s) for k, s in enumerate(seeds)]
+    t0 = time.perf_counter()
+    runner = make_backend(bundle, backend=backend, workers=workers,
+                          envs_per_worker=envs_per_worker, address=address,
+                          worker_timeout=worker_timeout)
+    try:
+        results = runner.run(params, specs, max_steps=max_steps, early_stop_steps=0,
+                             progress=progress, desc="evaluate")
+    finally:
+        runner.close()
+    seconds = time.perf_counter() - t0
+    returns = np.array([r.episode_return for r in results], dtype=np.float64)
+    steps = int(sum(r.steps for r in results))
+    return {
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "min": float(returns.min()),
+        "max": float(returns.max()),
+        "returns": [float(r) for r in returns],
+        "seeds": seeds,
+        "episodes": episodes,
+        "steps": steps,
+        "env_steps_per_s": steps / max(seconds, 1e-9),
+        "seconds": seconds,
+        "max_steps": max_steps,
+        "checkpoint": ckpt["path"],
+        "generation": int(ckpt["step"]),
+        "env": ENV_NOTE,
+        "workers": runner.num_workers,
+    }
+
+
+def _fault_hook() -> Callable[[int], None] | None:
+    """Test hook: ``WORLDMODELS_FAULT=crash:PATH`` (or ``hang:PATH``) makes the first worker
+    that reaches lockstep step 3 of a task while ``PATH`` does not exist create it and die
+    (``os._exit``) or hang. Only evaluation workers read it, never the main process."""
+    spec = os.environ.get("WORLDMODELS_FAULT", "")
+    if ":" not in spec:
+        return None
+    mode, path = spec.split(":", 1)
+
+    def hook(t: int) -> None:
+        if t != 3:
+            return
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        if mode == "crash":
+            os._exit(17)
+        if mode == "hang":
+            while True:
+                time.sleep(3600)
+
+    return hook
+

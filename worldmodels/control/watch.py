@@ -1,0 +1,205 @@
+"""Watch a run's agent drive: in the real CarRacing-v3 or inside M's dream (Ha &
+Schmidhuber 2018, arXiv:1803.10122): the logic of ``scripts/watch.py``.
+
+    python scripts/watch.py                                   # pretrained/carracing, real env
+    python scripts/watch.py --run runs/demo --env dream --tau 1.15 --episodes 3
+    python scripts/watch.py --run runs/demo --env real --save real.mp4 --seed 7
+
+A live window when there is a display (pygame, as CarRacing's human mode; Esc or q stops),
+a video file otherwise or with --save (.mp4 or .gif; default <run>/videos/watch_<env>_
+seed<S>.mp4). --env real shows, side by side, the real frame, V's reconstruction of it and
+M's prediction of it from the previous step (the mean of the most likely mixture component,
+decoded by V); --env dream shows V's decoding of the dream's z (the agent acts on M's
+[z, h]). The header gives the episode, the step and the score. Episodes use seeds S, S+1,
+... (track seeds in the real env, episode seeds in the dream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from worldmodels.errors import WorldModelsError
+
+DEFAULT_RUN = "pretrained/carracing"
+PANEL = 192  # side-by-side panel size (96 x 2, 64 x 3)
+SINGLE = 384  # single-view size (96 x 4, 64 x 6)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
+    parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
+                        help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN})")
+    parser.add_argument("--env", choices=("real", "dream"), default="real",
+                        help="drive in the real CarRacing-v3 or in M's dream (default: real)")
+    parser.add_argument("--episodes", type=int, default=1, help="episodes to show (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed: S, S+1, ... (default: 0)")
+    parser.add_argument("--save", metavar="FILE",
+                        help="write the video here (.mp4 or .gif) instead of opening a window")
+    parser.add_argument("--tau", type=float, default=None, metavar="T",
+                        help="dream temperature (default: the one M's training recorded, else 1)")
+    parser.add_argument("--max-steps", type=int, default=1000,
+                        help="steps per episode at most (default: 1000, CarRacing-v3's)")
+    parser.add_argument("--fps", type=float, default=50.0, help="frames per second (default: 50)")
+    parser.add_argument("--device", default="cpu", help="device of V and M: cpu, cuda, auto")
+    parser.add_argument("--controller", choices=("best", "last", "random"), default="best",
+                        help="controller/best.pt (else last.pt), last.pt, or an untrained C")
+    parser.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
+                        help="--env real: real frame | V's reconstruction | M's prediction "
+                             "(default: on)")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ episodes
+
+
+def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
+                 label: str) -> Iterator[tuple[Any, float]]:
+    """Frames of one real episode and the return so far: the reset frame, then one per step."""
+    import gymnasium as gym
+
+    import worldmodels.envs as envs
+    from worldmodels.envs.dream import decode_frames, mixture_from_hidden
+    from worldmodels.memory.mdnrnn import sample_next
+    from worldmodels.utils.video import annotate, fit, panels
+
+    env = gym.make(envs.FAST_ENV_ID)
+    try:
+        obs, _ = env.reset(seed=seed)
+        agent.reset(1)
+        total, t, ended, predicted = 0.0, 0, False, None
+        while True:
+            if side_by_side:
+                recon = decode_frames(agent.vae, agent.encode(obs[None]))[0]
+                image = panels([obs, recon, predicted],
+                               ["real", "V reconstruction", "M prediction"], PANEL)
+            else:
+                image = fit(obs, SINGLE)
+            yield annotate(image, [label, f"step {t}", f"score {total:.1f}",
+                                   *(["done"] if ended else [])]), total
+            if ended:
+                return
+            action = agent.act(obs[None])[0]  # also advances M: h_{t+1}
+            if side_by_side:  # M's guess of the next frame: most likely component's mean
+                out = mixture_from_hidden(agent.mdnrnn, agent.state[0])
+                predicted = decode_frames(agent.vae, sample_next(out, 0.0))[0]
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            t += 1
+            ended = terminated or truncated or t >= max_steps
+    finally:
+        env.close()
+
+
+def dream_episode(agent: Any, env: Any, seed: int, label: str) -> Iterator[tuple[Any, float]]:
+    """Frames of one dream episode (V's decoding of z_t) and the return so far; the agent's
+    C acts on the dream's observation [z_t, h_t]."""
+    import torch
+
+    from worldmodels.utils.video import annotate, fit
+
+    D = env.dream.latent_dim
+    obs, _ = env.reset(seed=seed)
+    total, t, ended = 0.0, 0, False
+    while True:
+        yield annotate(fit(env.render(), SINGLE),
+                       [label, f"tau {env.temperature:g}", f"step {t}", f"score {total:.1f}",
+                        *(["done"] if ended else [])]), total
+        if ended:
+            return
+        x = torch.from_numpy(obs[None]).to(agent.device)
+        action = agent.controller(x[:, :D], x[:, D:])[0].float().cpu().numpy()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        t += 1
+        ended = terminated or truncated
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = Path(args.run)
+    if not run.is_dir():
+        hint = (" (the shipped reference run is not in this checkout yet)"
+                if args.run == DEFAULT_RUN else "")
+        raise WorldModelsError(f"no run directory {run}{hint}: pass --run DIR, a run with a "
+                               "trained V, M and controller")
+    if args.episodes < 1 or args.max_steps < 1:
+        raise WorldModelsError("--episodes and --max-steps must be >= 1")
+    if args.controller != "random" and not any(
+            (run / "controller" / name).exists() for name in ("best.pt", "last.pt")):
+        raise WorldModelsError(f"no trained controller in {run / 'controller'}: run "
+                               f"scripts/train_controller.py --run {run} first, or pass "
+                               "--controller random")
+    save = Path(args.save) if args.save else None
+    if save is not None and save.suffix.lower() not in (".mp4", ".gif"):
+        raise WorldModelsError(f"--save {save}: the video must end in .mp4 or .gif")
+
+    import torch
+
+    from worldmodels.control.agent import WorldModelAgent
+    from worldmodels.utils.video import LiveWindow, VideoWriter, has_display
+
+    torch.set_grad_enabled(False)
+    agent = WorldModelAgent.from_run(run, device=args.device,
+                                     controller=None if args.controller == "random"
+                                     else args.controller)
+    dream = None
+    if args.env == "dream":
+        from worldmodels.envs.dream import DreamEnv
+
+        dream = DreamEnv(run, temperature=args.tau, render_mode="rgb_array",
+                         device=args.device, max_steps=args.max_steps)
+    window_ok = save is None and has_display()
+    if save is None and not window_ok:
+        save = run / "videos" / f"watch_{args.env}_seed{args.seed}.mp4"
+        print(f"no display: writing {save}", file=sys.stderr)
+
+    writer = VideoWriter(save, args.fps) if save is not None else None
+    window = None
+    returns = []
+    try:
+        for k in range(args.episodes):
+            seed = args.seed + k
+            label = f"{args.env} {k + 1}/{args.episodes} seed {seed}"
+            frames = (real_episode(agent, seed, args.max_steps, args.side_by_side, label)
+                      if dream is None else dream_episode(agent, dream, seed, label))
+            total = 0.0
+            for image, score in frames:
+                total = score
+                if writer is not None:
+                    writer.append(image)
+                if window_ok:
+                    if window is None:
+                        window = LiveWindow(f"World Models: {args.env}", image.shape[1],
+                                            image.shape[0], fps=args.fps)
+                    if not window.show(image):
+                        raise KeyboardInterrupt
+            returns.append(total)
+            print(f"episode {k + 1} (seed {seed}): return {total:.1f}")
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        if window is not None:
+            window.close()
+        if dream is not None:
+            dream.close()
+    if writer is not None and writer.frames:
+        path = writer.close()
+        print(f"video: {path} ({writer.frames} frames at {args.fps:g} fps)")
+    if len(returns) > 1:
+        import statistics
+
+        print(f"mean return {statistics.mean(returns):.1f} ± {statistics.pstdev(returns):.1f} "
+              f"over {len(returns)} episodes")
+    return 0
+

@@ -1,0 +1,768 @@
+"""The dream: CarRacing as M imagines it, one episode (:class:`DreamEnv`) or thousands at once
+(:class:`BatchedDream`, :func:`dream_rollout_returns`).
+
+Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 4 ("Learning Inside of a
+Dream", and the car-racing dreams of section 3): M is used *as* the environment. The agent sees
+``[z_t, h_t]``, acts, and M's LSTM reads ``(z_t, a_t)``; the next latent is *sampled* from
+M's mixture at temperature ``tau`` instead of being encoded from a real frame, and the reward
+and the end of the episode come from M's own heads::
+
+    (h_{t+1}, c_{t+1}) = LSTM_M([z_t, a_t], (h_t, c_t))          h_0 = c_0 = 0
+    z_{t+1} ~ P_tau(z | h_{t+1}):  per latent dimension j,
+        k ~ softmax(logpi_j / tau),   z_j = mu_jk + sigma_jk sqrt(tau) eps,   eps ~ N(0, 1)
+    r_{t+1} = reward_head(h_{t+1})
+    done_{t+1} = sigmoid(done_head(h_{t+1})) > 0.5               (``done="threshold"``)
+              or  u < sigmoid(done_head(h_{t+1})), u ~ U(0, 1)    (``done="sample"``)
+
+``tau = 1`` samples M's mixture as trained; ``tau > 1`` makes the dream more uncertain, which
+the paper found harder to exploit (a controller trained at ``tau = 1.15`` in the Doom dream
+transferred best); ``tau -> 0`` is the deterministic mean of the most likely component. An
+episode is also *truncated* after ``max_steps`` steps (1000, CarRacing-v3's limit).
+
+**Start states.** ``z_0 ~ N(mu, sigma^2)`` of the real first frame of a randomly chosen
+episode: read from the run's latents file ``latents_<V>.h5`` (frame 0 of up to
+``start_episodes`` episodes, evenly spaced) when it exists and was made by the V that M was
+trained on; otherwise V is applied to the first frames of real ``CarRacing-v3`` tracks
+``0 .. start_tracks-1`` (computed once, when the dream is built). ``h_0 = c_0 = 0``.
+
+**Randomness, keyed per episode.** Every random number of an episode is a counter-based hash
+of ``(episode seed, step, slot)`` (Wellons' ``lowbias32``, computed with integer tensor ops on
+the dream's device) rather than a draw from one shared generator. So an episode depends only
+on its seed, whatever else shares its batch: :class:`DreamEnv` ``reset(seed=s)`` and row
+``i`` of :class:`BatchedDream` ``reset(seeds=[..., s, ...])`` draw the same numbers, on CPU
+or CUDA. What can still differ between batch sizes is the last bit of the matrix products
+(BLAS picks kernels by shape): trajectories agree to float rounding, and exactly as long as
+no rounding difference flips a mixture component; ``tests/test_dream.py`` checks both. The
+same keys give :func:`dream_rollout_returns` *common random numbers*: trial ``j`` of every
+candidate starts from the same ``z_0`` and draws the same noise.
+
+**Cost.** One dream step of ``B`` episodes is two matrix products (the LSTM gates,
+``(B, D+A+H) x (D+A+H, 4H)``, and M's heads, ``(B, H) x (H, 3DK+2)``) and a few element-wise
+passes; no rendering, no physics. ``precision="bf16"`` runs the gate product in bfloat16 (as
+M's training does under CUDA autocast); the heads and the sampling always run in fp32.
+
+Shapes: ``B`` episodes, ``D`` latent size (32), ``H`` LSTM units (256), ``A = 3`` actions,
+``K`` mixture components (5), ``P`` candidates, ``T`` trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from worldmodels.control.controller import ACTION_DIM, Controller, map_action
+from worldmodels.errors import ConfigError, DataError
+from worldmodels.memory.mdnrnn import MDNRNN, MDNOutput
+from worldmodels.utils.torch import derive_seed, resolve_device
+
+__all__ = [
+    "DreamEnv",
+    "BatchedDream",
+    "BatchedControllers",
+    "dream_rollout_returns",
+    "dream_trial_seeds",
+    "start_states",
+    "mixture_from_hidden",
+    "decode_frames",
+    "keyed_uniform",
+    "DONE_MODES",
+    "PRECISIONS",
+]
+
+#: how M's done head ends an episode
+DONE_MODES = ("threshold", "sample")
+#: arithmetic of the LSTM gate product (``auto``: bf16 on CUDA, fp32 elsewhere)
+PRECISIONS = ("auto", "fp32", "bf16")
+#: the action box of CarRacing-v3: steer [-1, 1], gas [0, 1], brake [0, 1]
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
+ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+
+_M32 = 0xFFFFFFFF
+_RESET_COUNTER = 0  # counter of the start state; step t (1-based) uses counter t
+
+
+# ------------------------------------------------------------------------ keyed noise
+
+
+def _mul32(x: Any, c: int) -> Any:
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` (int or int64 tensor) without int64
+    overflow: a constant ``c >= 2**31`` is used as ``c - 2**32`` (same residue), so the
+    product's magnitude stays below ``2**63``; ``& 0xFFFFFFFF`` takes the two's-complement
+    low word."""
+    if c >= 2**31:
+        c -= 2**32
+    return (x * c) & _M32
+
+
+def _hash32(x: Any) -> Any:
+    """Wellons' ``lowbias32`` integer hash of ``0 <= x < 2**32`` (a Python int or an int64
+    tensor): a bijection on 32 bits with near-ideal avalanche. ``_hash32(0) == 0``."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _seed_key(seed: int) -> int:
+    """The 32-bit key of an episode seed (any int in ``[0, 2**64)``)."""
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ConfigError(f"dream seeds must be integers in [0, 2**64), got {seed}")
+    lo, hi = seed & _M32, seed >> 32
+    return _hash32(_hash32(lo ^ 0x9E3779B9) ^ _hash32(hi ^ 0x85EBCA6B))
+
+
+def keyed_uniform(keys: torch.Tensor, counter: int, slots: torch.Tensor) -> torch.Tensor:
+    """Uniform noise that depends only on ``(key, counter, slot)``: (B,) x (S,) -> (B, S).
+
+    ``u = (2 m + 1) / 2**24`` with ``m`` the top 23 bits of
+    ``hash(hash(key ^ hash(counter + c1)) ^ slot_code)``: values in ``[2**-24, 1 - 2**-24]``,
+    exact in float32, never 0 or 1 (safe for ``log`` and the normal quantile).
+
+    :param keys: (B,) int64 episode keys in ``[0, 2**32)``.
+    :param counter: the step (0 for the start state).
+    :param slots: (S,) int64 slot codes (hashed slot indices, :func:`_slot_codes`).
+    :return: (B, S) float32 on ``keys``' device.
+    """
+    base = _hash32(keys ^ _hash32((int(counter) + 0x632BE5AB) & _M32))  # (B,)
+    bits = _hash32(base[:, None] ^ slots[None, :])  # (B, S)
+    return ((bits >> 9) * 2 + 1).to(torch.float32) * (2.0**-24)
+
+
+def _slot_codes(n: int, device: torch.device) -> torch.Tensor:
+    """(n,) distinct non-zero 32-bit codes of the slots ``0 .. n-1``."""
+    return _hash32(torch.arange(n, dtype=torch.int64, device=device) + 0x68E31DA4)
+
+
+# ------------------------------------------------------------------------ M's pieces
+
+
+def mixture_from_hidden(mdnrnn: MDNRNN, h: torch.Tensor) -> MDNOutput:
+    """M's heads read from a hidden state: h (B, H) -> :class:`MDNOutput` for ``z_{t+1}``
+    (logpi, mu, logsigma (B, D, K), reward and done_logit (B,); ``state`` is ``(h, h)``, a
+    placeholder). The same fp32 computation as :meth:`MDNRNN.forward` after the LSTM."""
+    w = mdnrnn.mdn.weight
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        hf = h.to(torch.float32)
+        params = nn.functional.linear(hf, w.float(), mdnrnn.mdn.bias.float())
+        logits, mu, logsigma = params.unflatten(
+            -1, (3, mdnrnn.latent_dim, mdnrnn.num_gaussians)).unbind(dim=-3)
+        heads = [None if head is None else
+                 nn.functional.linear(hf, head.weight.float(), head.bias.float())[..., 0]
+                 for head in (mdnrnn.reward_head, mdnrnn.done_head)]
+    return MDNOutput(torch.log_softmax(logits, dim=-1), mu, logsigma, heads[0], heads[1], (h, h))
+
+
+@torch.no_grad()
+def decode_frames(vae: nn.Module, z: torch.Tensor) -> np.ndarray:
+    """V's decoder as images: z (B, D) -> (B, 64, 64, 3) uint8 (``round(255 x)``)."""
+    p = vae.fc_decode.weight
+    x = vae.decode(z.to(p.device, p.dtype)).float()
+    x = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+# ------------------------------------------------------------------------ start states
+
+
+def _first_frames_from_latents(run_dir: Path, vae_model: str, latent_dim: int,
+                               m_vae: dict[str, Any], max_episodes: int
+                               ) -> tuple[np.ndarray, np.ndarray] | str:
+    """(mu, logvar) (N, D) of frame 0 of up to ``max_episodes`` episodes, or the reason
+    why the latents file cannot be used."""
+    from worldmodels.data.latents import LatentDataset, latents_path
+
+    path = latents_path(run_dir, vae_model)
+    if not path.exists():
+        return f"no {path.name}"
+    with LatentDataset(path) as data:
+        if data.kind != "gaussian" or data.latent_dim != latent_dim:
+            return f"{path.name} holds {data.kind} latents of size {data.latent_dim}"
+        sha = m_vae.get("sha256")
+        if sha is not None and data.vae.get("sha256") not in (None, sha):
+            return f"{path.name} was encoded by another V than the one M was trained on"
+        if len(data) == 0:
+            return f"{path.name} has no episode"
+        chosen = np.unique(np.linspace(0, len(data) - 1, min(len(data), max_episodes))
+                           .round().astype(np.int64))
+        mu = np.stack([data.read(int(k), "mu", 0, 1)[0] for k in chosen])
+        logvar = np.stack([data.read(int(k), "logvar", 0, 1)[0] for k in chosen])
+    return mu.astype(np.float32), logvar.astype(np.float32)
+
+
+@torch.no_grad()
+def _first_frames_from_env(vae: nn.Module, tracks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, logvar) (tracks, D): V applied to the reset frames of real tracks 0..tracks-1."""
+    from worldmodels.control.agent import frames_to_tensor
+    from worldmodels.envs.car_racing import FastCarRacing
+    from worldmodels.envs.preprocess import preprocess_frame
+
+    env = FastCarRacing()
+    try:
+        frames = np.stack([preprocess_frame(env.reset(seed=k)[0]) for k in range(tracks)])
+    finally:
+        env.close()
+    p = vae.fc_mu.weight
+    mu, logvar = vae.encode(frames_to_tensor(frames, p.device).to(p.dtype))
+    return mu.float().cpu().numpy(), logvar.float().cpu().numpy()
+
+
+def start_states(run_dir: str | Path, vae: nn.Module, vae_model: str = "vae",
+                 m_vae: dict[str, Any] | None = None, start: str = "auto",
+                 start_episodes: int = 1000, start_tracks: int = 8
+                 ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The real first frames the dream starts from, as V's posteriors.
+
+    :param vae: V (for the ``env`` source; its ``latent_dim`` is checked against the file).
+    :param vae_model: which V's latents file (``latents_<vae_model>.h5``).
+    :param m_vae: the V identity M's checkpoint records (``mdnrnn_info(run)["vae"]``); a
+        latents file of another V is not used.
+    :param start: ``auto`` (the latents file when usable, else real tracks), ``latents``
+        (the file, or a :class:`DataError`), ``env`` (real tracks).
+    :param start_episodes: at most this many episodes of the file (evenly spaced).
+    :param start_tracks: real tracks ``0 .. start_tracks-1`` for the ``env`` source.
+    :return: ``(mu, logvar, source)``: (N, D) float32 each, and a description.
+    """
+    if start not in ("auto", "latents", "env"):
+        raise ConfigError(f"start must be 'auto', 'latents' or 'env', got {start!r}")
+    if start != "env":
+        got = _first_frames_from_latents(Path(run_dir), vae_model, vae.latent_dim,
+                                         m_vae or {}, max(1, int(start_episodes)))
+        if not isinstance(got, str):
+            return got[0], got[1], f"latents_{vae_model}.h5 ({len(got[0])} first frames)"
+        if start == "latents":
+            raise DataError(f"cannot start the dream from the latents of {run_dir}: {got}; "
+                            f"run scripts/encode.py --run {run_dir} --model {vae_model}, or "
+                            "use start='env'")
+    if start_tracks < 1:
+        raise ConfigError(f"start_tracks must be >= 1, got {start_tracks}")
+    mu, logvar = _first_frames_from_env(vae, int(start_tracks))
+    return mu, logvar, f"V on the first frames of CarRacing tracks 0..{start_tracks - 1}"
+
+
+# ------------------------------------------------------------------------ the batched dream
+
+
+class BatchedDream:
+    """``B`` dream episodes stepped in lockstep by M, on CPU or CUDA (paper, sec. 4).
+
+    ::
+
+        dream = BatchedDream("runs/demo", batch_size=1024, temperature=1.0, device="auto")
+        obs = dream.reset(seed=0)                      # (B, D+H): [z_0, h_0], rows = seeds 0..B-1
+        obs, reward, done = dream.step(actions)       # actions (B, 3) -> (B, D+H), (B,), (B,)
+
+    Row ``i`` after ``reset(seed=S)`` is the episode of seed ``S + i``, the one
+    ``DreamEnv.reset(seed=S + i)`` gives (to float rounding, see the module docstring);
+    ``reset(seeds=[...])`` chooses every row's seed (and the batch size). A finished row
+    (terminated by M's done head or truncated at ``max_steps``) is frozen: its observation
+    stays the last one, its reward is 0 and ``done`` stays true until the next reset.
+
+    :param run_dir: a run directory with V and M (``load_world_model``).
+    :param batch_size: ``B``, rows of :meth:`reset` ``(seed=...)``.
+    :param temperature: ``tau >= 0``; ``None`` takes the ``temperature`` M's training
+        recorded (``mdnrnn_info``), else 1.0.
+    :param device: ``auto``, ``cpu``, ``cuda``...
+    :param max_steps: steps before an episode is truncated.
+    :param done: ``threshold`` (``sigmoid(logit) > 0.5``, deterministic given the state) or
+        ``sample`` (a Bernoulli draw of M's done probability, keyed like all the noise).
+    :param precision: the LSTM gate product in ``fp32`` or ``bf16``; ``auto``: bf16 on
+        CUDA (as M trains there), fp32 on CPU.
+    :param start: where ``z_0`` comes from (:func:`start_states`).
+    :param vae_model: which V (``auto``: the one M was trained on).
+
+    M's weights are copied (fused) when the dream is built: later changes to ``mdnrnn`` do
+    not reach it.
+    """
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 1,
+                 temperature: float | None = None, device: str | torch.device = "auto", *,
+                 max_steps: int = 1000, done: str = "threshold", precision: str = "auto",
+                 start: str = "auto", vae_model: str = "auto", start_episodes: int = 1000,
+                 start_tracks: int = 8) -> None:
+        from worldmodels.control.agent import load_world_model
+        from worldmodels.train.mdnrnn import mdnrnn_info
+
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise DataError(f"no run directory {run_dir}: pass a run with a trained V and M")
+        device = resolve_device(device)
+        vae, mdnrnn, vae_model = load_world_model(run_dir, vae_model, device)
+        info = mdnrnn_info(run_dir)
+        if temperature is None:
+            temperature = float(info.get("temperature") or 1.0)
+        mu, logvar, source = start_states(run_dir, vae, vae_model, info.get("vae"), start,
+                                          start_episodes, start_tracks)
+        self.run_dir: Path | None = run_dir
+        self.vae_model: str | None = vae_model
+        self._setup(mdnrnn, vae, mu, logvar, source, batch_size, temperature, device,
+                    max_steps, done, precision)
+
+    @classmethod
+    def from_models(cls, mdnrnn: MDNRNN, start_mu: np.ndarray | torch.Tensor,
+                    start_logvar: np.ndarray | torch.Tensor, *, vae: nn.Module | None = None,
+                    batch_size: int = 1, temperature: float = 1.0,
+                    device: str | torch.device = "auto", max_steps: int = 1000,
+                    done: str = "threshold", precision: str = "auto",
+                    source: str = "given") -> BatchedDream:
+        """A dream of an M in memory (benchmarks, tests): start states ``(N, D)`` given;
+        ``vae`` only needed for :meth:`decode`."""
+        self = cls.__new__(cls)
+        self.run_dir = self.vae_model = None
+        self._setup(mdnrnn, vae, np.asarray(start_mu), np.asarray(start_logvar), source,
+                    batch_size, temperature, resolve_device(device), max_steps, done,
+                    precision)
+        return self
+
+    @torch.no_grad()
+    def _setup(self, mdnrnn: MDNRNN, vae: nn.Module | None, mu: np.ndarray,
+               logvar: np.ndarray, source: str, batch_size: int, temperature: float,
+               device: torch.device, max_steps: int, done: str, precision: str) -> None:
+        if not isinstance(mdnrnn, MDNRNN):
+            raise DataError(f"the dream needs the continuous MDN-RNN, got "
+                            f"{type(mdnrnn).__name__}")
+        if mdnrnn.action_dim != ACTION_DIM:
+            raise DataError(f"M reads actions of size {mdnrnn.action_dim}, CarRacing's are "
+                            f"{ACTION_DIM}")
+        if done not in DONE_MODES:
+            raise ConfigError(f"done must be one of {', '.join(DONE_MODES)}, got {done!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{precision!r}")
+        if not float(temperature) >= 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        if int(max_steps) < 1 or int(batch_size) < 1:
+            raise ConfigError(f"max_steps and batch_size must be >= 1, got {max_steps} and "
+                              f"{batch_size}")
+        D, H, K = mdnrnn.latent_dim, mdnrnn.hidden_dim, mdnrnn.num_gaussians
+        if mu.ndim != 2 or mu.shape[1] != D or mu.shape != logvar.shape or len(mu) == 0:
+            raise DataError(f"start states must be (N, {D}) mu and logvar, got "
+                            f"{mu.shape} and {logvar.shape}")
+        self.device = device
+        self.mdnrnn = mdnrnn.to(device).eval()
+        self.vae = None if vae is None else vae.to(device).eval()
+        self.latent_dim, self.hidden_dim, self.num_gaussians = D, H, K
+        self.obs_dim = D + H
+        self.batch_size = self.default_batch_size = int(batch_size)
+        self.temperature = float(temperature)
+        self.max_steps = int(max_steps)
+        self.done_mode = done
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.start_source = source
+        self.start_mu = torch.as_tensor(mu, dtype=torch.float32, device=device)
+        self.start_std = torch.as_tensor(logvar, dtype=torch.float32, device=device).mul(0.5).exp()
+
+        # Fused weights: one product for the four gates, one for all the heads.
+        lstm = self.mdnrnn.lstm
+        gate_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        w = torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], dim=1).float()  # (4H, D+A+H)
+        self._w_gates = w.t().contiguous().to(gate_dtype)  # (D+A+H, 4H)
+        self._b_gates = (lstm.bias_ih_l0 + lstm.bias_hh_l0).float()
+        # The mixture head's outputs reordered from (3, D, K) to (3, K, D): reductions over
+        # the K components then run across contiguous (B, D) slices (a softmax over a
+        # trailing dimension of 5 is several times slower on CPU).
+        mdn = self.mdnrnn.mdn
+        w_mix = mdn.weight.view(3, D, K, H).transpose(1, 2).reshape(3 * K * D, H)
+        b_mix = mdn.bias.view(3, D, K).transpose(1, 2).reshape(3 * K * D)
+        weights, biases = [w_mix], [b_mix]
+        self._has_reward = self.mdnrnn.reward_head is not None
+        self._has_done = self.mdnrnn.done_head is not None
+        for head in (self.mdnrnn.reward_head, self.mdnrnn.done_head):
+            if head is not None:
+                weights.append(head.weight)
+                biases.append(head.bias)
+        self._w_heads = torch.cat(weights).float().t().contiguous()  # (H, 3KD [+1] [+1])
+        self._b_heads = torch.cat(biases).float()
+        self._slots = _slot_codes(2 * D + 1, device)  # component (D), normal (D), done (1)
+        self._sqrt_tau = math.sqrt(self.temperature)
+        self._next_seed: int | None = None
+        self.seeds: list[int] = []
+        self._reset_state(0)
+
+    # ------------------------------------------------------------------------ state
+
+    def _reset_state(self, B: int) -> None:
+        dev, D, H = self.device, self.latent_dim, self.hidden_dim
+        self.z = torch.zeros(B, D, device=dev)
+        self.h = torch.zeros(B, H, device=dev)
+        self.c = torch.zeros(B, H, device=dev)
+        self.keys = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.done = torch.ones(B, dtype=torch.bool, device=dev)
+        self.terminated = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.truncated = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.returns = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.lengths = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.done_prob = torch.zeros(B, device=dev)
+        self.t = 0
+        self._any_done = True
+        self._x = torch.zeros(B, D + ACTION_DIM + H, device=dev)  # the LSTM's input [z, a, h]
+
+    @property
+    def observation(self) -> torch.Tensor:
+        """The current ``[z, h]`` (B, D+H) float32 (a new tensor)."""
+        return torch.cat([self.z, self.h], dim=1)
+
+    @torch.no_grad()
+    def reset(self, seed: int | None = None, seeds: Sequence[int] | None = None
+              ) -> torch.Tensor:
+        """Start new episodes: ``z_0 ~ N(mu, sigma^2)`` of a random real first frame,
+        ``h_0 = c_0 = 0``.
+
+        :param seed: rows are the episodes of seeds ``seed, seed+1, ..., seed+B-1`` with
+            ``B`` the constructor's ``batch_size``; ``None`` continues after the last reset's
+            seeds (fresh entropy the first time).
+        :param seeds: one seed per row instead (its length is ``B`` until the next reset).
+        :return: obs (B, D+H) float32 ``[z_0, h_0]`` on the dream's device.
+        """
+        if seeds is None:
+            if seed is None:
+                seed = (self._next_seed if self._next_seed is not None
+                        else int(np.random.SeedSequence().entropy) % 2**63)
+            seeds = [int(seed) + i for i in range(self.default_batch_size)]
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ConfigError("reset needs at least one seed")
+        B = len(seeds)
+        self.batch_size = B
+        self.seeds = seeds
+        self._next_seed = (seeds[-1] + 1) % 2**63
+        self._reset_state(B)
+        dev, D = self.device, self.latent_dim
+        self.keys = torch.tensor([_seed_key(s) for s in seeds], dtype=torch.int64, device=dev)
+        u = keyed_uniform(self.keys, _RESET_COUNTER, self._slots[:D + 1])  # (B, D+1)
+        N = len(self.start_mu)
+        index = (u[:, 0] * N).long().clamp_(max=N - 1)
+        eps = torch.special.ndtri(u[:, 1:])
+        self.z = self.start_mu[index] + self.start_std[index] * eps
+        self.done.zero_()
+        self._any_done = False
+        return self.observation
+
+    def _sample(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """z_{t+1} (B, D) from the mixture params (B, 3KD), laid out (3, K, D), and
+        uniforms (B, >= 2D): component by inverse CDF (one uniform per dimension), then
+        ``mu_k + sigma_k sqrt(tau) eps`` with ``eps`` the normal quantile of a uniform."""
+        B, D, K = params.shape[0], self.latent_dim, self.num_gaussians
+        logits, mu, logsigma = params.view(B, 3, K, D).unbind(dim=1)  # (B, K, D) each
+        if self.temperature == 0:
+            k = logits.argmax(dim=1, keepdim=True)
+            return mu.gather(1, k).squeeze(1)
+        # k ~ softmax(logits / tau): log_softmax only shifts the logits by a constant.
+        scaled = logits / self.temperature
+        weights = scaled.sub_(scaled.amax(dim=1, keepdim=True)).exp_()
+        cdf = weights.cumsum_(dim=1)  # unnormalised: compare with u * total
+        threshold = u[:, None, :D] * cdf[:, K - 1:]
+        k = (cdf < threshold).sum(dim=1, keepdim=True).clamp_(max=K - 1)  # (B, 1, D)
+        mean = mu.gather(1, k).squeeze(1)
+        std = logsigma.gather(1, k).squeeze(1).exp_().mul_(self._sqrt_tau)
+        return mean.addcmul_(std, torch.special.ndtri(u[:, D:2 * D]))
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor | np.ndarray
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One dream step of every row: actions (B, 3) -> ``(obs, reward, done)``.
+
+        :return: obs (B, D+H) float32 ``[z_{t+1}, h_{t+1}]``; reward (B,) float32 (M's reward
+            head; 0 for rows already finished); done (B,) bool, terminated or truncated
+            (cumulative: a finished row stays done). Also updated: :attr:`terminated`,
+            :attr:`truncated`, :attr:`returns` (B,) float64, :attr:`lengths`,
+            :attr:`done_prob` (M's ``P(done)``).
+        """
+        B, D, H = self.batch_size, self.latent_dim, self.hidden_dim
+        if len(self.seeds) != B or self.z.shape[0] != B:
+            raise RuntimeError("call reset() before step()")
+        a = torch.as_tensor(actions, device=self.device).to(torch.float32)
+        if tuple(a.shape) != (B, ACTION_DIM):
+            raise ValueError(f"actions must have shape ({B}, {ACTION_DIM}), got "
+                             f"{tuple(a.shape)}")
+        self.t += 1
+        finished = self.done.clone()
+        x = self._x
+        x[:, :D] = self.z
+        x[:, D:D + ACTION_DIM] = a
+        x[:, D + ACTION_DIM:] = self.h
+        # -- LSTM cell (PyTorch's gate order i, f, g, o)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            if self._w_gates.dtype == torch.float32:
+                gates = torch.addmm(self._b_gates, x, self._w_gates)
+            else:
+                gates = torch.mm(x.to(self._w_gates.dtype), self._w_gates).float()
+                gates += self._b_gates
+            i, f, g, o = gates.view(B, 4, H).unbind(dim=1)
+            c = torch.sigmoid(f).mul_(self.c).addcmul_(torch.sigmoid(i), torch.tanh(g))
+            h = torch.sigmoid(o).mul_(torch.tanh(c))
+            # -- heads (fp32): mixture for z_{t+1}, reward, done logit
+            heads = torch.addmm(self._b_heads, h, self._w_heads)
+        n_mix = 3 * D * self.num_gaussians
+        u = keyed_uniform(self.keys, self.t, self._slots)  # (B, 2D+1)
+        z = self._sample(heads[:, :n_mix], u)
+        col = n_mix
+        reward = torch.zeros(B, device=self.device)
+        if self._has_reward:
+            reward = heads[:, col].clone()
+            col += 1
+        terminated = torch.zeros(B, dtype=torch.bool, device=self.device)
+        done_prob = torch.zeros(B, device=self.device)
+        if self._has_done:
+            logit = heads[:, col]
+            done_prob = torch.sigmoid(logit)
+            terminated = logit > 0 if self.done_mode == "threshold" else u[:, 2 * D] < done_prob
+        # -- finished rows keep their state; the others advance
+        if self._any_done:
+            keep = finished[:, None]
+            z = torch.where(keep, self.z, z)
+            h = torch.where(keep, self.h, h)
+            c = torch.where(keep, self.c, c)
+            reward = reward.masked_fill_(finished, 0.0)
+            done_prob = torch.where(finished, self.done_prob, done_prob)
+        self.z, self.h, self.c, self.done_prob = z, h, c, done_prob
+        self.terminated |= terminated & ~finished
+        if self.t >= self.max_steps:
+            self.truncated |= ~finished & ~self.terminated
+        self.done = finished | self.terminated | self.truncated
+        self._any_done = bool(self.done.any())  # one sync per step (the caller checks too)
+        self.returns += reward
+        self.lengths += (~finished).long()
+        return self.observation, reward, self.done.clone()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor | None = None) -> np.ndarray:
+        """V's picture of ``z`` (default: the current latents): (B, 64, 64, 3) uint8."""
+        if self.vae is None:
+            raise DataError("this dream has no V to decode its latents with")
+        return decode_frames(self.vae, self.z if z is None else z)
+
+
+# ------------------------------------------------------------------------ the gymnasium env
+
+
+class DreamEnv(gym.Env):
+    """CarRacing inside M's dream as a :class:`gymnasium.Env` (paper, sec. 4).
+
+    ``gymnasium.make("worldmodels/Dream-v0", run=DIR, temperature=1.0, render_mode=...)`` after
+    ``import worldmodels.envs``. One episode of a :class:`BatchedDream` of batch size 1:
+
+    * observation: ``[z_t, h_t]`` (D+H,) float32 (``observation="zh"``, the controller's
+      input; ``h`` in [-1, 1]) or ``z_t`` (D,) (``observation="z"``);
+    * action: CarRacing-v3's box ``[-1, 1] x [0, 1] x [0, 1]`` (steer, gas, brake);
+    * reward: M's reward head; ``terminated``: M's done head (``done``); ``truncated``:
+      after ``max_steps`` steps; ``info``: ``done_prob`` (M's ``P(done)``), ``step``;
+    * ``reset(seed=s)`` fixes the whole episode (see :class:`BatchedDream`); ``reset()``
+      draws the next episode seed from the env's ``np_random``;
+    * ``render_mode="rgb_array"``: ``render()`` returns V's decoding of ``z_t``, (64, 64, 3)
+      uint8, or (64 s, 64 s, 3) with ``render_scale=s``; ``"human"``: a pygame window
+      (6x, with the step and the return).
+
+    :param run: run directory with V and M.
+    :param temperature: ``tau`` (``None``: the one M's training recorded, else 1.0).
+    :param device: where M runs (``cpu`` by default: one episode is tiny).
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 50}
+
+    def __init__(self, run: str | Path, temperature: float | None = None,
+                 render_mode: str | None = None, *, device: str | torch.device = "cpu",
+                 max_steps: int = 1000, done: str = "threshold", observation: str = "zh",
+                 start: str = "auto", vae_model: str = "auto", precision: str = "auto",
+                 render_scale: int = 1) -> None:
+        super().__init__()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be one of "
+                              f"{', '.join(self.metadata['render_modes'])} or None, got "
+                              f"{render_mode!r}")
+        if observation not in ("zh", "z"):
+            raise ConfigError(f"observation must be 'zh' or 'z', got {observation!r}")
+        self.dream = BatchedDream(run, 1, temperature, device, max_steps=max_steps, done=done,
+                                  precision=precision, start=start, vae_model=vae_model)
+        self.render_mode = render_mode
+        self.render_scale = max(1, int(render_scale))
+        self.observation_mode = observation
+        D, H = self.dream.latent_dim, self.dream.hidden_dim
+        low = np.full(D + H if observation == "zh" else D, -np.inf, dtype=np.float32)
+        high = -low
+        if observation == "zh":
+            low[D:], high[D:] = -1.0, 1.0  # h = o * tanh(c)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
+        self._window: Any = None
+
+    @property
+    def temperature(self) -> float:
+        return self.dream.temperature
+
+    def _obs(self) -> np.ndarray:
+        obs = self.dream.observation[0]
+        if self.observation_mode == "z":
+            obs = obs[:self.dream.latent_dim]
+        return obs.cpu().numpy().astype(np.float32, copy=True)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(0, 2**63 - 1))
+        self.dream.reset(seeds=[episode_seed])
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), {"seed": int(episode_seed)}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self.dream.seeds:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action, dtype=np.float32).reshape(1, ACTION_DIM)
+        _, reward, _ = self.dream.step(a)
+        if self.render_mode == "human":
+            self.render()
+        info = {"done_prob": float(self.dream.done_prob[0]), "step": self.dream.t}
+        return (self._obs(), float(reward[0]), bool(self.dream.terminated[0]),
+                bool(self.dream.truncated[0]), info)
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            gym.logger.warn("DreamEnv.render() without a render_mode: pass "
+                            "render_mode='rgb_array' or 'human'")
+            return None
+        frame = self.dream.decode()[0]  # (64, 64, 3)
+        if self.render_mode == "rgb_array":
+            s = self.render_scale
+            return frame if s == 1 else frame.repeat(s, axis=0).repeat(s, axis=1)
+        from worldmodels.utils.video import LiveWindow, annotate, upscale
+
+        image = annotate(upscale(frame, 6), [f"dream  tau {self.temperature:g}",
+                                             f"step {self.dream.t}",
+                                             f"return {float(self.dream.returns[0]):.1f}"])
+        if self._window is None:
+            self._window = LiveWindow("World Models: dream", image.shape[1], image.shape[0],
+                                      fps=self.metadata["render_fps"])
+        self._window.show(image)
+        return None
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+
+# ------------------------------------------------------------------------ CMA-ES in the dream
+
+
+class BatchedControllers:
+    """``P`` controllers of one architecture evaluated together: flat vectors (P, n) in
+    :meth:`Controller.get_flat`'s layout -> per-layer weights (P, out, in) and biases (P, out).
+
+    ``forward(obs)`` with obs (P, T, D+H) gives actions (P, T, 3): the same function as
+    ``Controller.forward`` for each candidate, as one batched product per layer.
+    """
+
+    def __init__(self, flat: np.ndarray | torch.Tensor, latent_dim: int, hidden_dim: int,
+                 device: torch.device, **controller_kwargs: Any) -> None:
+        template = Controller(latent_dim=latent_dim, hidden_dim=hidden_dim, **controller_kwargs)
+        flat = torch.as_tensor(np.asarray(flat, dtype=np.float64) if not torch.is_tensor(flat)
+                               else flat).to(device=device, dtype=torch.float32)
+        if flat.dim() == 1:
+            flat = flat[None]
+        n = template.num_parameters
+        if flat.dim() != 2 or flat.shape[1] != n:
+            raise ValueError(f"expected controller parameters (P, {n}) for "
+                             f"Controller({template._describe()}), got {tuple(flat.shape)}")
+        if not torch.isfinite(flat).all():
+            raise ValueError("a controller's parameter vector contains NaN or inf")
+        self.num_candidates = flat.shape[0]
+        self.latent_dim = latent_dim
+        self.use_hidden_state = template.use_hidden_state
+        tensors, offset = [], 0
+        for p in template.parameters():
+            tensors.append(flat[:, offset:offset + p.numel()].reshape(-1, *p.shape))
+            offset += p.numel()
+        # (weight, bias) per linear layer, weights transposed for x @ W^T: (P, in, out)
+        self.layers = [(tensors[i].transpose(1, 2).contiguous(), tensors[i + 1][:, None, :])
+                       for i in range(0, len(tensors), 2)]
+
+    @classmethod
+    def from_controllers(cls, controllers: Sequence[Controller],
+                         device: torch.device) -> BatchedControllers:
+        first = controllers[0]
+        if any(c.hparams != first.hparams for c in controllers):
+            raise ValueError("all controllers must have the same architecture (hparams)")
+        flat = np.stack([c.get_flat() for c in controllers])
+        kwargs = {k: v for k, v in first.hparams.items() if k not in ("latent_dim", "hidden_dim")}
+        return cls(flat, first.latent_dim, first.hidden_dim, device, **kwargs)
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (P, T, D+H) ``[z, h]`` -> actions (P, T, 3) in the CarRacing box."""
+        x = obs if self.use_hidden_state else obs[..., :self.latent_dim]
+        for j, (w, b) in enumerate(self.layers):
+            x = torch.baddbmm(b, x, w)
+            if j < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return map_action(x)
+
+
+def dream_trial_seeds(seed: int, trials: int) -> list[int]:
+    """The episode seeds of :func:`dream_rollout_returns`' trials ``0 .. trials-1``:
+    ``derive_seed(seed, "dream", j)`` (``DreamEnv.reset(seed=...)`` replays one)."""
+    return [derive_seed(seed, "dream", j) for j in range(trials)]
+
+
+@torch.no_grad()
+def dream_rollout_returns(controllers: np.ndarray | torch.Tensor | Sequence[Controller],
+                          trials: int, seed: int, max_steps: int = 1000, *,
+                          dream: BatchedDream | str | Path,
+                          controller_kwargs: dict[str, Any] | None = None,
+                          temperature: float | None = None,
+                          device: str | torch.device = "auto") -> np.ndarray:
+    """Returns of ``P`` candidates x ``trials`` dream episodes, all stepped in lockstep.
+
+    The CMA-ES fitness of the paper's section 4 ("training inside the dream"): candidate
+    ``c``'s trial ``j`` is row ``c T + j`` of one :class:`BatchedDream` batch of ``P T``
+    episodes; every candidate's trial ``j`` is the episode of seed
+    ``dream_trial_seeds(seed, trials)[j]`` (the same start and noise for all: common random
+    numbers, so candidates are ranked on equal terms). The loop stops when every episode is
+    done, at the latest after ``max_steps`` steps. Deterministic for a seed (on one device
+    and thread count: BLAS may sum in another order elsewhere).
+
+    :param controllers: flat parameter vectors (P, n) (``Controller.get_flat`` layout, with
+        ``controller_kwargs`` such as ``hidden_layer``, ``use_hidden_state``) or a list of
+        ``P`` :class:`Controller` (one architecture).
+    :param trials: ``T`` episodes per candidate.
+    :param seed: picks the trials' episodes.
+    :param max_steps: steps per episode at most (overrides the dream's own limit).
+    :param dream: a :class:`BatchedDream` (reused: its batch is reset here), or a run
+        directory to build one from (with ``temperature`` and ``device``).
+    :return: returns (P, T) float64 numpy (sum of M's predicted rewards).
+    """
+    if trials < 1 or max_steps < 1:
+        raise ConfigError(f"trials and max_steps must be >= 1, got {trials} and {max_steps}")
+    if not isinstance(dream, BatchedDream):
+        dream = BatchedDream(dream, 1, temperature, device, max_steps=max_steps)
+    elif temperature is not None and float(temperature) != dream.temperature:
+        raise ConfigError(f"temperature {temperature} differs from the dream's "
+                          f"{dream.temperature}: build the BatchedDream with it")
+    if isinstance(controllers, (list, tuple)):
+        batch = BatchedControllers.from_controllers(controllers, dream.device)
+    else:
+        batch = BatchedControllers(controllers, dream.latent_dim, dream.hidden_dim, dream.device,
+                                   **(controller_kwargs or {}))
+    P, T = batch.num_candidates, int(trials)
+    limit = dream.max_steps
+    dream.max_steps = int(max_steps)
+    try:
+        obs = dream.reset(seeds=dream_trial_seeds(seed, T) * P)  # row c*T + j: trial j
+        for _ in range(int(max_steps)):
+            actions = batch(obs.view(P, T, -1)).reshape(P * T, ACTION_DIM)
+            obs, _, done = dream.step(actions)
+            if bool(done.all()):
+                break
+        return dream.returns.view(P, T).cpu().numpy().astype(np.float64)
+    finally:
+        dream.max_steps = limit
