@@ -226,7 +226,14 @@ def _blit_text(image: np.ndarray, text: str, x: int, y: int, size: int,
         return 0
     import pygame
 
-    surface = font.render(text, True, color)
+    try:
+        surface = font.render(text, True, color)
+    except pygame.error:  # pygame.quit() (e.g. closing a human-mode env) invalidated it
+        _FONTS.pop(size, None)
+        font = _font(size)
+        if font is None:
+            return 0
+        surface = font.render(text, True, color)
     rgb = pygame.surfarray.array3d(surface).swapaxes(0, 1)  # (h, w, 3)
     alpha = pygame.surfarray.array_alpha(surface).swapaxes(0, 1)[..., None] / 255.0
     h = max(0, min(rgb.shape[0], image.shape[0] - y))
