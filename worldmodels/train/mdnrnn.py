@@ -77,11 +77,12 @@ from worldmodels.memory import (
     sample_next,
     sample_next_codes,
 )
-from worldmodels.train.vae import _FirstNonFinite, _GracefulStop
 from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint, restore_rng
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
+    FirstNonFinite,
+    GracefulStop,
     autocast,
     count_parameters,
     derive_seed,
@@ -557,8 +558,8 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         noise = torch.Generator(device=device)
         bar = stack.enter_context(progress_bar(progress, total=target, initial=step,
                                                desc=STAGE, unit="step"))
-        stop = stack.enter_context(_GracefulStop())
-        nonfinite = _FirstNonFinite(device)
+        stop = stack.enter_context(GracefulStop())
+        nonfinite = FirstNonFinite(device)
         sums: dict[str, torch.Tensor] = {}
         seq_steps = m.batch_size * m.seq_len
         t_log, last_log_step, train_seconds, trained_steps = time.perf_counter(), step, 0.0, 0

@@ -49,8 +49,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +88,8 @@ from worldmodels.utils.checkpoint import (
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
+    FirstNonFinite,
+    GracefulStop,
     autocast,
     channels_last,
     check_finite,
@@ -383,47 +383,6 @@ def _log_reconstructions(logger: RunLogger, model: nn.Module, shown: torch.Tenso
 # --------------------------------------------------------------------------- training
 
 
-class _GracefulStop:
-    """First Ctrl-C or SIGTERM: finish the current step, checkpoint, then stop (as
-    KeyboardInterrupt). A second Ctrl-C interrupts at once (the last checkpoint stays)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _GracefulStop:
-        if threading.current_thread() is threading.main_thread():  # signals: main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class _FirstNonFinite:
-    """The first step whose loss was NaN/inf, tracked on the device: checking every step
-    would synchronise the GPU every step. :meth:`check` (at each log) raises."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first = torch.full((), -1, dtype=torch.long, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        self.first = torch.where(bad & (self.first < 0), step, self.first)
-
-    def check(self) -> None:
-        step = int(self.first)
-        if step >= 0:
-            check_finite(float("nan"), step)
-
-
 def _model_config(model: nn.Module, name: str) -> dict[str, Any]:
     return {"model": name, **model.hparams}
 
@@ -558,8 +517,8 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
         sample_z_seed = derive_seed(v.seed, "vae-samples")
         bar = stack.enter_context(progress_bar(progress, total=target, initial=min(step, target),
                                                desc=v.model, unit="step"))
-        stop = stack.enter_context(_GracefulStop())
-        nonfinite = _FirstNonFinite(device)
+        stop = stack.enter_context(GracefulStop())
+        nonfinite = FirstNonFinite(device)
         sums: dict[str, torch.Tensor] = {}
         t_log, last_log_step, train_seconds, trained_images = time.perf_counter(), step, 0.0, 0
         batches: Iterator[torch.Tensor] | None = None
@@ -689,7 +648,7 @@ def _encode_all(model: nn.Module, source: FrameSource, batch_size: int) -> torch
 def _train_prior(v: VAEConfig, stage_dir: Path, manager: CheckpointManager,
                  model: nn.Module, train: FrameSource, val: FrameSource, final_step: int,
                  logger: RunLogger, device: torch.device, state: dict[str, Any] | None,
-                 progress: bool | None, stop: _GracefulStop) -> dict[str, Any]:
+                 progress: bool | None, stop: GracefulStop) -> dict[str, Any]:
     """Fit :class:`~worldmodels.generative.CodePrior` to the code grids of the training
     frames, as encoded by the best V; ``prior.pt`` after each epoch (resumable). Logged on
     V's step axis after V's last step (``prior/loss`` in nats per code)."""

@@ -17,7 +17,10 @@ import hashlib
 import math
 import os
 import random
+import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -241,3 +244,44 @@ def draw_noise(kind: str, shape: torch.Size | tuple[int, ...], generator: torch.
     where = generator.device if generator is not None else device
     draw = torch.randn if kind == "normal" else torch.rand
     return draw(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+class GracefulStop:
+    """First Ctrl-C or SIGTERM: finish the current step, checkpoint, then stop (as
+    KeyboardInterrupt). A second Ctrl-C interrupts at once (the last checkpoint stays)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class FirstNonFinite:
+    """The first step whose loss was NaN/inf, tracked on the device: checking every step
+    would synchronise the GPU every step. :meth:`check` (at each log) raises."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+
+    def check(self) -> None:
+        step = int(self.first)
+        if step >= 0:
+            check_finite(float("nan"), step)
