@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Train C by CMA-ES in the real CarRacing environment on <run>'s V and M (resumable).
+"""Train C by CMA-ES in the real CarRacing environment or in M's dream on <run>'s V and M.
 
     python scripts/train_controller.py --run runs/demo
     python scripts/train_controller.py --run runs/demo --preset smoke
     python scripts/train_controller.py --run runs/demo --backend ray --address HOST:6379
+    python scripts/train_controller.py --run runs/demo --env dream --temperature 1.15
 
 Each generation: population x trials episodes on the same fresh tracks for every candidate,
 fitness = mean return; checkpoint of the whole CMA-ES state in <run>/controller/last.pt,
-best.pt when the distribution's mean improves on the held-out tracks. Re-running the same
-command after Ctrl-C or a kill resumes exactly where the last generation ended.
+best.pt when the distribution's mean improves on the held-out tracks. With --env dream the
+fitness comes from M's dream (the paper's DoomTakeCover experiment); the held-out tracks stay
+real. Re-running the same command after Ctrl-C or a kill resumes exactly where the last
+generation ended.
 TensorBoard: tensorboard --logdir <run>/tb
 """
 

@@ -212,10 +212,13 @@ class CompareConfig:
 
 @dataclass
 class ControllerConfig:
-    """Training C by CMA-ES in the real environment (``scripts/train_controller.py``).
+    """Training C by CMA-ES (``scripts/train_controller.py``), in the real environment or
+    inside M's dream.
 
     Defaults: the paper's CarRacing setup (population 64, 16 rollouts per candidate, fitness
-    the mean return, sigma0 0.1) and the authors' training loop (estool)."""
+    the mean return, sigma0 0.1) and the authors' training loop (estool). ``env="dream"``
+    is the paper's DoomTakeCover experiment (section 4.4): the fitness comes from M's dream
+    at temperature ``tau``, the held-out score from the real environment."""
 
     population: int = _f(64, "candidates per CMA-ES generation (the paper: 64)")
     trials: int = _f(16, "episodes per candidate, on the same track seeds for every candidate of "
@@ -225,6 +228,13 @@ class ControllerConfig:
                        "(the paper: 0.1)")
     generations: int = _f(2000, "generations in total; re-running with a larger value continues "
                           "the same run")
+    env: str = _f("real", "where the population's fitness comes from: 'real' (CarRacing-v3) "
+                  "or 'dream' (M's dream, worldmodels.envs.dream: the paper's DoomTakeCover "
+                  "experiment, C trained entirely inside M's dream, then evaluated in the real "
+                  "environment); the held-out score is always real", choices=("real", "dream"))
+    temperature: float = _f(1.0, "env='dream': tau of M's sampled dream (mixture logits / tau, "
+                            "sigma * sqrt(tau)); the paper found tau > 1 harder to exploit "
+                            "(1.15 transferred best in DoomTakeCover)")
     seed: int = _f(0, "seed of CMA-ES sampling, of each generation's track seeds and of the "
                    "held-out tracks")
     hidden_layer: int = _f(0, "C with one tanh hidden layer of this many units (the paper's "
@@ -378,7 +388,7 @@ def validate(cfg: Config) -> Config:
     if not 1 <= k.max_steps <= 1000:
         raise ConfigError(f"controller.max_steps must be in 1..1000 (CarRacing-v3 ends at "
                           f"1000), got {k.max_steps}")
-    for name in ("sigma0", "worker_timeout"):
+    for name in ("sigma0", "worker_timeout", "temperature"):
         if not getattr(k, name) > 0:
             raise ConfigError(f"controller.{name} must be > 0, got {getattr(k, name)}")
     for section in SECTIONS:

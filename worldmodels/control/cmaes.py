@@ -1,4 +1,4 @@
-"""Training C with CMA-ES in the real CarRacing environment.
+"""Training C with CMA-ES in the real CarRacing environment, or inside M's dream.
 
 Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 4.4: C's parameters are
 evolved with CMA-ES (Hansen & Ostermeier 2001; Hansen, *The CMA Evolution Strategy: A
@@ -24,6 +24,15 @@ One generation, reading top to bottom in :func:`train_controller`:
 6. log to TensorBoard (``fitness/best|mean|worst``, ``charts/sigma``, ``eval/mean``,
    generation time, env-steps/s) and checkpoint ``<run>/controller/last.pt``; ``best.pt`` when
    the held-out score improves. Both hold C at the distribution's mean.
+
+**Training inside the dream** (``env="dream"``). The paper's DoomTakeCover experiment
+(section 4.4, "Learning Inside of a Dream"): step 3 scores the P x T episodes in M's dream
+(:func:`~worldmodels.envs.dream.dream_rollout_returns` on one
+:class:`~worldmodels.envs.dream.BatchedDream` built for the run, at temperature ``tau``);
+the generation's T dream episodes (start states and noise) are shared by its candidates and
+new each generation (:func:`dream_generation_seed`). Step 5 is unchanged: the mean is scored
+in the *real* environment, which is what shows whether the dream-trained C transfers.
+``early_stop_steps`` does not apply in the dream (M has no track tiles).
 
 **Resume.** The checkpoint holds the whole CMA-ES state: the pickled
 ``CMAEvolutionStrategy`` (mean, step size, covariance, evolution paths, and the private NumPy
@@ -67,6 +76,7 @@ __all__ = [
     "new_strategy",
     "generation_seeds",
     "heldout_seeds",
+    "dream_generation_seed",
     "strategy_to_tensor",
     "strategy_from_tensor",
     "train_controller",
@@ -74,7 +84,7 @@ __all__ = [
 
 # Settings that change the search trajectory: they must not change within a run.
 TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
-                   "max_steps", "early_stop_steps", "batch_invariant")
+                   "max_steps", "early_stop_steps", "batch_invariant", "env", "temperature")
 
 
 # ----------------------------------------------------------------------------- CMA-ES
@@ -118,6 +128,13 @@ def generation_seeds(seed: int, generation: int, trials: int) -> list[int]:
     return [derive_seed(seed, "tracks", generation, j) for j in range(trials)]
 
 
+def dream_generation_seed(seed: int, generation: int) -> int:
+    """``env="dream"``: the seed of ``generation``'s T dream episodes
+    (:func:`~worldmodels.envs.dream.dream_rollout_returns` derives the trials from it):
+    shared by the generation's candidates (common random numbers), new each generation."""
+    return derive_seed(seed, "dream-tracks", generation)
+
+
 def heldout_seeds(seed: int, episodes: int) -> list[int]:
     """The run's fixed held-out tracks (32-bit seeds derived from the run seed, so they
     almost surely differ from training tracks and from ``evaluate.py``'s ``S .. S+N-1``)."""
@@ -142,6 +159,10 @@ def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,
                       world: dict[str, Any], stage_dir: Path) -> None:
     extra = checkpoint.get("extra") or {}
     trained = extra.get("train") or {}
+    if trained:  # checkpoints from before env/temperature existed were real-env runs
+        trained = {"env": "real", **trained}
+        if trained["env"] != "dream" or k.env != "dream":  # tau only matters in the dream
+            trained.pop("temperature", None)
     diff = [(name, trained[name], getattr(k, name)) for name in TRAJECTORY_KEYS
             if name in trained and trained[name] != getattr(k, name)]
     if diff:
@@ -188,7 +209,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None = None
                      ) -> dict[str, Any]:
-    """Evolve C by CMA-ES on ``<run>/`` V and M, resuming from ``controller/last.pt``.
+    """Evolve C by CMA-ES on ``<run>/`` V and M, resuming from ``controller/last.pt``;
+    fitness in the real environment or, with ``env="dream"``, in M's dream (Ha &
+    Schmidhuber 2018, section 4.4), the held-out score always in the real environment.
 
     :param cfg: the config; only ``cfg.controller`` is read.
     :param run_dir: holds V (``<vae_model>/``) and M (``mdnrnn/``); gets ``controller/`` and
@@ -230,6 +253,9 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     else:
         es = new_strategy(num_params, k)
 
+    env_note = ENV_NOTE if k.env == "real" else (
+        f"M's dream (tau={k.temperature:g}), held-out scores in {ENV_NOTE}")
+
     def summary(seconds: list[float], steps_per_s: list[float], restarts: int) -> dict[str, Any]:
         path = manager.best_path if manager.best_path.exists() else manager.last_path
         last = history[-1] if history and "mean" in history[-1] else {}
@@ -240,7 +266,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             "generation_seconds": float(np.mean(seconds)) if seconds else None,
             "env_steps_per_s": float(np.mean(steps_per_s)) if steps_per_s else None,
             "wall_seconds": wall_before + time.perf_counter() - t_start,
-            "worker_restarts": restarts, "checkpoint": str(path), "env": ENV_NOTE,
+            "worker_restarts": restarts, "checkpoint": str(path), "env": env_note,
         }
 
     if generation >= k.generations:
@@ -249,6 +275,14 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     bundle = make_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
                          batch_invariant=k.batch_invariant)
     heldout = heldout_seeds(k.seed, k.eval_episodes)
+    dream = None
+    if k.env == "dream":
+        # The paper's section 4.4: the population is scored inside M's dream (one batch of
+        # P x T episodes, built once); the held-out score below stays real.
+        from worldmodels.envs.dream import BatchedDream, dream_rollout_returns
+
+        dream = BatchedDream(run_dir, P * T, k.temperature, k.device, max_steps=k.max_steps,
+                             vae_model=vae_model)
     seconds: list[float] = []
     steps_per_s: list[float] = []
     with contextlib.ExitStack() as stack:
@@ -284,15 +318,23 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 solutions = np.asarray(es.ask(), dtype=np.float64)  # (P, N)
-            seeds = generation_seeds(k.seed, generation, T)
-            specs = [EpisodeSpec(c * T + j, c, seeds[j]) for c in range(P) for j in range(T)]
-
             # -- evaluate: P x T episodes, fitness = mean return per candidate
-            results = backend.run(solutions, specs, max_steps=k.max_steps,
-                                  early_stop_steps=k.early_stop_steps)
-            returns = np.array([r.episode_return for r in results]).reshape(P, T)
+            if dream is None:
+                seeds = generation_seeds(k.seed, generation, T)
+                specs = [EpisodeSpec(c * T + j, c, seeds[j]) for c in range(P)
+                         for j in range(T)]
+                results = backend.run(solutions, specs, max_steps=k.max_steps,
+                                      early_stop_steps=k.early_stop_steps)
+                returns = np.array([r.episode_return for r in results]).reshape(P, T)
+                steps = sum(r.steps for r in results)
+                early_stopped = float(np.mean([r.stopped_early for r in results]))
+            else:
+                returns = dream_rollout_returns(
+                    solutions, T, dream_generation_seed(k.seed, generation), k.max_steps,
+                    dream=dream, controller_kwargs=controller_kwargs)
+                steps = int(dream.lengths.sum())
+                early_stopped = 0.0
             fitness = returns.mean(axis=1)
-            steps = sum(r.steps for r in results)
             eval_seconds = time.perf_counter() - t0
 
             # -- tell: CMA-ES minimises
@@ -307,8 +349,8 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                 "charts/sigma": float(es.sigma),
                 "charts/generation_seconds": eval_seconds,
                 "charts/env_steps_per_s": steps / max(eval_seconds, 1e-9),
-                "charts/episode_steps": steps / len(results),
-                "charts/early_stopped": float(np.mean([r.stopped_early for r in results])),
+                "charts/episode_steps": steps / (P * T),
+                "charts/early_stopped": early_stopped,
                 "charts/worker_restarts": backend.restarts,
             }
             record = {"generation": generation, "mean": scalars["fitness/mean"],
