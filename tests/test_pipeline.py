@@ -43,6 +43,9 @@ def test_pipeline_runs_end_to_end_then_skips_every_stage(tmp_path):
     assert set(summary["baselines"]) == {"zero", "random"}
     assert "zero C" in (run / "pipeline" / "summary.txt").read_text()
     assert first["summaries"]["controller"]["generations"] == 2
+    import torch
+
+    assert torch.is_grad_enabled(), "the pipeline switched autograd off for its caller"
 
     t0 = time.perf_counter()
     second = run_pipeline(tiny_config(), run, progress=False, episodes=2, max_steps=100)
@@ -56,3 +59,4 @@ def test_pipeline_script_help():
     r = run_script("pipeline.py", "--help", timeout=60)
     assert r.returncode == 0, r.stderr
     assert "--preset" in r.stdout and "--episodes" in r.stdout
+

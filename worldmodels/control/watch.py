@@ -122,6 +122,15 @@ def dream_episode(agent: Any, env: Any, seed: int, label: str) -> Iterator[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    # no_grad as a context, not set_grad_enabled(False): main() is also called in-process
+    # (pipeline.py), and must not switch autograd off for its caller.
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = Path(args.run)
     if not run.is_dir():
@@ -140,12 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if save is not None and save.suffix.lower() not in (".mp4", ".gif"):
         raise WorldModelsError(f"--save {save}: the video must end in .mp4 or .gif")
 
-    import torch
 
     from worldmodels.control.agent import WorldModelAgent
     from worldmodels.utils.video import LiveWindow, VideoWriter, has_display
 
-    torch.set_grad_enabled(False)
     agent = WorldModelAgent.from_run(run, device=args.device,
                                      controller=None if args.controller == "random"
                                      else args.controller)
