@@ -77,7 +77,13 @@ from worldmodels.memory import (
     sample_next,
     sample_next_codes,
 )
-from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint, restore_rng
+from worldmodels.utils.checkpoint import (
+    CheckpointManager,
+    describe_diff,
+    load_checkpoint,
+    restore_rng,
+    settings_diff,
+)
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
@@ -402,15 +408,9 @@ def prediction_strip(model: nn.Module, vae: nn.Module, seqs: LatentSequences,
 def _check_compatible(checkpoint: dict[str, Any], model_config: dict[str, Any],
                       m: MDNRNNConfig, data: LatentDataset, stage_dir: Path) -> None:
     """The run's M must be of the model, data order and latents asked for."""
-    saved = checkpoint["model_config"]
-    diff = [(k, saved.get(k), model_config.get(k))
-            for k in sorted(set(saved) | set(model_config)) if saved.get(k) != model_config.get(k)]
-    trained = (checkpoint.get("extra") or {}).get("train") or {}
-    diff += [(k, trained[k], getattr(m, k)) for k in DATA_ORDER_KEYS
-             if k in trained and trained[k] != getattr(m, k)]
+    diff = settings_diff(checkpoint, model_config, m, DATA_ORDER_KEYS)
     if diff:
-        was = ", ".join(f"{k}={a!r}" for k, a, _ in diff)
-        now = ", ".join(f"{k}={b!r}" for k, _, b in diff)
+        was, now = describe_diff(diff)
         raise ConfigError(f"{stage_dir} holds an M trained with {was} but the config and "
                           f"{data.path.name} ask for {now}: pass the same settings, use "
                           f"another --run, or delete {stage_dir} to start over")

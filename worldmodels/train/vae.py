@@ -81,9 +81,11 @@ from worldmodels.generative import (
 )
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
+    describe_diff,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    settings_diff,
 )
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
@@ -390,15 +392,9 @@ def _model_config(model: nn.Module, name: str) -> dict[str, Any]:
 def _check_compatible(checkpoint: dict[str, Any], model_config: dict[str, Any],
                       v: VAEConfig, stage_dir: Path) -> None:
     """The run directory's checkpoint must be of the model and data order asked for."""
-    saved = checkpoint["model_config"]
-    diff = [(k, saved.get(k), model_config.get(k))
-            for k in sorted(set(saved) | set(model_config)) if saved.get(k) != model_config.get(k)]
-    trained = (checkpoint.get("extra") or {}).get("train") or {}
-    diff += [(k, trained[k], getattr(v, k)) for k in DATA_ORDER_KEYS
-             if k in trained and trained[k] != getattr(v, k)]
+    diff = settings_diff(checkpoint, model_config, v, DATA_ORDER_KEYS)
     if diff:
-        was = ", ".join(f"{k}={a!r}" for k, a, _ in diff)
-        now = ", ".join(f"{k}={b!r}" for k, _, b in diff)
+        was, now = describe_diff(diff)
         raise ConfigError(f"{stage_dir} holds a V trained with {was} but the config asks for "
                           f"{now}: pass the same settings, use another --run, or delete "
                           f"{stage_dir} to start over")

@@ -412,3 +412,23 @@ class CheckpointManager:
         if not self.best_path.exists():
             return None
         return load_checkpoint(self.best_path, kind=self.kind, map_location=map_location)
+
+
+def settings_diff(checkpoint: Mapping[str, Any], model_config: Mapping[str, Any],
+                  settings: Any, keys: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """What differs between a checkpoint and the run asked for: ``(name, saved, asked)``
+    for every model-config entry, and for each of ``keys`` recorded under
+    ``extra["train"]`` (settings that fix the data order) against ``settings.<key>``."""
+    saved = checkpoint["model_config"]
+    diff = [(k, saved.get(k), model_config.get(k))
+            for k in sorted(set(saved) | set(model_config)) if saved.get(k) != model_config.get(k)]
+    trained = (checkpoint.get("extra") or {}).get("train") or {}
+    diff += [(k, trained[k], getattr(settings, k)) for k in keys
+             if k in trained and trained[k] != getattr(settings, k)]
+    return diff
+
+
+def describe_diff(diff: list[tuple[str, Any, Any]]) -> tuple[str, str]:
+    """``("a=1, b='x'", "a=2, b='y'")``: the saved and the asked values of a diff."""
+    return (", ".join(f"{k}={a!r}" for k, a, _ in diff),
+            ", ".join(f"{k}={b!r}" for k, _, b in diff))
