@@ -41,14 +41,6 @@ from worldmodels.train.vae import load_vae, train_vae
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     """A run with 4 real episodes of 40 steps and a VAE trained for 5 steps."""

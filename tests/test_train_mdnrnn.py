@@ -38,14 +38,6 @@ from worldmodels.train.vae import train_vae
 from worldmodels.utils.checkpoint import load_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _v(run: Path, **vae) -> None:
     train_vae(load_config(overrides={"vae": {"batch_size": 8, "max_steps": 5, "lr": 1e-3,
                                              "device": "cpu", "prior_epochs": 0, **vae}}),
