@@ -71,7 +71,7 @@ def _storage_rows(frames: np.ndarray, root: Path, rng: np.random.Generator) -> l
 
 
 def run(episodes: int = 4, steps: int = 500, workers: int = 0) -> list[dict[str, Any]]:
-    from worldmodels.data.rollouts import usable_cores
+    from worldmodels.utils.parallel import usable_cores
 
     workers = workers or len(usable_cores())
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,6 +43,7 @@ import torch
 
 from worldmodels.control.evaluation import EpisodeResult, EpisodeSpec, WorkerState, _fault_hook
 from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.utils.parallel import single_threaded_children, usable_cores
 from worldmodels.utils.progress import progress_bar
 
 __all__ = [
@@ -64,32 +65,6 @@ STARTUP_GRACE = 120.0
 AUTO_ENVS_CAP = 32
 
 OnDone = Callable[[int, list[tuple]], None]
-
-
-def usable_cores() -> list[int]:
-    """The CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Processes started inside get one BLAS/OpenMP thread from their first import: NumPy's
-    OpenBLAS reads its thread count when it loads, before a worker could set it, and a
-    second thread busy-waiting on a loaded core made preprocessing 40x slower."""
-    from worldmodels.utils.torch import THREAD_ENV_VARS
-
-    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
-    os.environ.update({var: "1" for var in THREAD_ENV_VARS})
-    try:
-        yield
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 @contextlib.contextmanager
@@ -269,7 +244,7 @@ class _Worker:
         # and CPython blocks for ever on that write if the child dies before reading it.
         self.process = ctx.Process(target=_worker_main, args=(child, bundle_path, core),
                                    daemon=True)
-        with _single_threaded_children():
+        with single_threaded_children():
             self.process.start()
         child.close()
         self.core = core

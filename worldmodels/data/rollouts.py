@@ -56,6 +56,11 @@ from worldmodels.utils.io import (
     ensure_dir,
     remove_stale_tmp,
 )
+from worldmodels.utils.parallel import (
+    THREAD_ENV_VARS,
+    single_threaded_children,
+    usable_cores,
+)
 
 FORMAT = "worldmodels/rollouts"
 FORMAT_VERSION = 1
@@ -187,12 +192,6 @@ def _collect_part(cfg_dict: dict[str, Any], k: int, parts: str) -> tuple[int, in
     return k, len(ep["frames"])
 
 
-def usable_cores() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
                on_done: Callable[[int, int], None]) -> None:
     if workers <= 1:
@@ -215,6 +214,16 @@ def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
                                initargs=(cores,))
     pending: set = set()
+    # The pool spawns its workers on the first submits: they must import NumPy with one
+    # BLAS thread (see single_threaded_children); setting it in _pin_worker is too late.
+    with single_threaded_children():
+        _drive_pool(pool, cfg_dict, todo, parts, workers, on_done, pending)
+    pool.shutdown(wait=True)
+
+
+def _drive_pool(pool: ProcessPoolExecutor, cfg_dict: dict[str, Any], todo: list[int],
+                parts: Path, workers: int, on_done: Callable[[int, int], None],
+                pending: set) -> None:
     try:
         it = iter(todo)
         # Keep about two tasks per worker queued: enough to never idle, few enough that
@@ -244,7 +253,6 @@ def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
         # stopped at once instead of finishing their queue.
         _stop_pool(pool)
         raise
-    pool.shutdown(wait=True)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -267,7 +275,9 @@ def _run_ray(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
         ray.init(address=cfg.address or None, include_dashboard=False,
                  log_to_driver=False, **({} if cfg.address else {"num_cpus": workers}))
     try:
-        remote_episode = ray.remote(num_cpus=1)(run_episode)
+        # one BLAS thread per task's process, as the local pool (single_threaded_children)
+        one_thread = {"env_vars": {var: "1" for var in THREAD_ENV_VARS}}
+        remote_episode = ray.remote(num_cpus=1, runtime_env=one_thread)(run_episode)
         cfg_ref = ray.put(cfg)
         pending: dict[Any, int] = {}
         it = iter(todo)

@@ -27,15 +27,7 @@ import torch
 from torch import nn
 
 from worldmodels.errors import ConfigError, WorldModelsError
-
-# Environment variables read by the BLAS / OpenMP runtimes when a process starts them.
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
+from worldmodels.utils.parallel import THREAD_ENV_VARS
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
