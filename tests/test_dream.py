@@ -327,6 +327,8 @@ def test_benchmark_runs():
 
     rows = bench(batch_size=32, steps=2, device="cpu", real_steps=3, agent=False)
     assert [r["what"].split(":")[0].split(" (")[0] for r in rows] == [
-        "real", "dream", "dream", "dream + C"]
+        "real", "real", "dream", "dream", "dream + C"]
     assert all(r["env-steps/s"] > 0 for r in rows)
-    assert rows[1]["x real"] == pytest.approx(rows[1]["env-steps/s"] / rows[0]["env-steps/s"])
+    stock, fast = rows[0]["env-steps/s"], rows[1]["env-steps/s"]
+    assert rows[2]["x CarRacing-v3"] == pytest.approx(rows[2]["env-steps/s"] / stock)
+    assert rows[2]["x fast"] == pytest.approx(rows[2]["env-steps/s"] / fast)

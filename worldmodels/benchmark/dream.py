@@ -5,20 +5,23 @@ environment, C can be trained inside M's "dream", where a step is two matrix pro
 of Box2D physics and rendering. Measured side by side in one process, at the paper's sizes
 (z 32, LSTM 256, 5 Gaussians; random weights, the cost does not depend on them):
 
-* ``real``: one ``worldmodels/FastCarRacing-v3`` environment (bit-identical to CarRacing-v3,
-  ~3x faster than it) stepped with random actions: the simulator alone;
+* ``real``: one gymnasium ``CarRacing-v3`` environment stepped with random actions (the
+  simulator alone), and the same for ``worldmodels/FastCarRacing-v3`` (bit-identical to it,
+  ~3x faster);
 * ``real + agent``: the same driven by the World Models agent (V encodes the frame, C acts,
   M reads ``(z, a)``), 8 episodes in lockstep as one evaluation worker runs them: what a
   CMA-ES fitness costs per env-step and core in the real environment;
 * ``dream``: :class:`~worldmodels.envs.dream.BatchedDream` stepping ``batch_size`` episodes at
-  once (a CMA-ES generation is 64 candidates x 16 trials = 1024), fp32 and bf16 gate products;
+  once (a CMA-ES generation is 64 candidates x 16 trials = 1024), fp32 and bf16 matrix products;
 * ``dream + C``: :func:`~worldmodels.envs.dream.dream_rollout_returns` for a population of
   ``batch_size / 16`` candidates x 16 trials, the controllers included.
 
 An env-step is one step of one episode. The dream's done head is biased off so that every
 episode runs the whole timed window (on a trained M, finished rows are still computed in
 lockstep, so the rate is the same). Warm-up steps are excluded; CUDA is synchronised before
-the clock is read. ``x real`` is the dream's rate over the ``real`` row's.
+the clock is read. ``x CarRacing-v3``, ``x fast`` and ``x agent`` are a row's rate over the
+three real rows' (the dream runs on all the threads torch was given, each real row in one
+process on one core).
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _real_steps_per_s(steps: int, seed: int) -> float:
-    """FastCarRacing-v3 alone: random actions, reset excluded."""
+def _real_steps_per_s(steps: int, seed: int, env_id: str) -> float:
+    """One real environment alone: random actions, reset excluded."""
     import gymnasium as gym
 
-    import worldmodels.envs as envs
+    import worldmodels.envs  # noqa: F401  (registers worldmodels/FastCarRacing-v3)
 
     rng = np.random.default_rng(seed)
-    env = gym.make(envs.FAST_ENV_ID)
+    env = gym.make(env_id)
     env.reset(seed=seed)
     n, t0 = 0, time.perf_counter()
     for _ in range(steps):
@@ -149,25 +152,30 @@ def run(batch_size: int = 1024, steps: int = 50, device: str = "auto", real_step
     :param device: where the dream runs: ``auto``, ``cpu``, ``cuda``.
     :param real_steps: timed steps of the real environment.
     :param agent: also time the real environment with V + M + C in the loop.
-    :return: rows ``{"what", "device", "batch", "env-steps/s", "x real"}`` (and
-        ``"x real + agent"`` when ``agent``).
+    :return: rows ``{"what", "device", "batch", "env-steps/s", "x CarRacing-v3", "x fast"}``
+        (and ``"x agent"`` when ``agent``).
     """
+    import worldmodels.envs as envs
+
     if min(batch_size, steps, real_steps) < 1:
         raise ValueError("batch_size, steps and real_steps must be >= 1")
     dev = resolve_device(device)
-    real = _real_steps_per_s(real_steps, seed)
+    stock = _real_steps_per_s(real_steps, seed, envs.STOCK_ENV_ID)
+    fast = _real_steps_per_s(real_steps, seed, envs.FAST_ENV_ID)
     real_agent = _agent_steps_per_s(real_steps, seed) if agent else None
 
     def row(what: str, where: str, batch: int | str, rate: float) -> dict[str, Any]:
         r = {"what": what, "device": where, "batch": batch, "env-steps/s": rate,
-             "x real": rate / real}
+             "x CarRacing-v3": rate / stock, "x fast": rate / fast}
         if real_agent is not None:
-            r["x real + agent"] = rate / real_agent
+            r["x agent"] = rate / real_agent
         return r
 
-    rows = [row("real: FastCarRacing-v3", "cpu, 1 process", 1, real)]
+    rows = [row("real: CarRacing-v3", "cpu, 1 process", 1, stock),
+            row("real: FastCarRacing-v3", "cpu, 1 process", 1, fast)]
     if real_agent is not None:
-        rows.append(row("real + agent (V, M, C)", "cpu, 1 process", AGENT_ENVS, real_agent))
+        rows.append(row("real + agent (V, M, C) on FastCarRacing", "cpu, 1 process",
+                        AGENT_ENVS, real_agent))
     m = _random_m(seed)
     precisions = ("bf16", "fp32") if dev.type == "cuda" else ("fp32", "bf16")
     with torch.no_grad():
