@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Score a run's controller on tracks S .. S+N-1: CarRacing-v3 returns, mean ± std, min, max.
 
+    python scripts/evaluate.py                                             # pretrained/carracing
     python scripts/evaluate.py --run runs/demo --episodes 100 --seed 0     # the paper's protocol
     python scripts/evaluate.py --run runs/demo --episodes 10 --seed 1000 --json
 
-Loads V, M and <run>/controller/best.pt (else last.pt). Episodes run in
+Loads V, M and <run>/controller/best.pt (else last.pt); without --run, the shipped
+pretrained/carracing (here, else in the repository root). Episodes run in
 worldmodels/FastCarRacing-v3, which is bit-identical to gymnasium's CarRacing-v3 (same
 observations, rewards and 1,000-step limit) with a faster renderer, so the returns are
 CarRacing-v3 returns. No early termination. With --json the last line of stdout is one JSON
@@ -16,6 +18,7 @@ import json
 import os
 
 from worldmodels.cli import run_cli
+from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 
 
 def single_threaded_blas() -> None:
@@ -27,8 +30,9 @@ def single_threaded_blas() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
-    parser.add_argument("--run", required=True, metavar="DIR",
-                        help="run directory holding V, M and controller/")
+    parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
+                        help=f"run directory holding V, M and controller/ (default: "
+                             f"{DEFAULT_RUN}, here or in the repository root)")
     parser.add_argument("--episodes", type=int, default=100,
                         help="number of tracks (default: 100, the paper's protocol)")
     parser.add_argument("--seed", type=int, default=0,
@@ -48,10 +52,11 @@ def main() -> int:
                         help="best.pt (held-out best; last.pt if none) or last.pt")
     args = parser.parse_args()
     single_threaded_blas()
+    run = resolve_run(args.run)
 
     from worldmodels.control.evaluation import evaluate
 
-    r = evaluate(args.run, args.episodes, args.seed, workers=args.workers,
+    r = evaluate(run, args.episodes, args.seed, workers=args.workers,
                  backend=args.backend, address=args.address, device=args.device,
                  max_steps=args.max_steps, checkpoint=args.checkpoint)
     print(f"{r['checkpoint']} (generation {r['generation']}) on {r['episodes']} tracks "

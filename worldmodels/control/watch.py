@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from worldmodels.errors import WorldModelsError
+from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 
-DEFAULT_RUN = "pretrained/carracing"
 PANEL = 192  # side-by-side panel size (96 x 2, 64 x 3)
 SINGLE = 384  # single-view size (96 x 4, 64 x 6)
 
@@ -32,7 +32,8 @@ SINGLE = 384  # single-view size (96 x 4, 64 x 6)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
     parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
-                        help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN})")
+                        help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN}, "
+                             "here or in the repository root)")
     parser.add_argument("--env", choices=("real", "dream"), default="real",
                         help="drive in the real CarRacing-v3 or in M's dream (default: real)")
     parser.add_argument("--episodes", type=int, default=1, help="episodes to show (default: 1)")
@@ -132,12 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = Path(args.run)
-    if not run.is_dir():
-        hint = (" (the shipped reference run is not in this checkout yet)"
-                if args.run == DEFAULT_RUN else "")
-        raise WorldModelsError(f"no run directory {run}{hint}: pass --run DIR, a run with a "
-                               "trained V, M and controller")
+    run = resolve_run(args.run)
     if args.episodes < 1 or args.max_steps < 1:
         raise WorldModelsError("--episodes and --max-steps must be >= 1")
     if args.controller != "random" and not any(

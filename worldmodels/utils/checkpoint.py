@@ -11,7 +11,7 @@ and carries everything needed to rebuild and resume its model without other file
       "optimizer": {...} | None, "scheduler": {...} | None,
       "step": int, "epoch": int | None, "metrics": {...}, "extra": {...},
       "rng": {"torch": ByteTensor, "cuda": ByteTensor | None,
-              "numpy": [...], "python": [...]},
+              "numpy": [...], "python": [...]} | None,   # None: an export, not a resume point
       "torch_version": str, "worldmodels_version": str, "created": unix time,
     }
 
@@ -182,6 +182,7 @@ def save_checkpoint(
     epoch: int | None = None,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    rng: bool = True,
 ) -> Path:
     """Write a checkpoint of ``model`` (and its training state) to ``path``, atomically.
 
@@ -196,6 +197,8 @@ def save_checkpoint(
     :param step: optimiser steps done so far (the resume point).
     :param metrics: scalars at this step (``{"val/loss": 0.12}``).
     :param extra: any other plain state (GradScaler, data sampler position, ...).
+    :param rng: store the global RNG states (the resume point of a training run); False
+        stores ``"rng": None`` (an exported model, not a resume point).
     :return: ``path`` as a :class:`Path`.
     :raises WorldModelsError: the file cannot be written (disk full, permissions).
     """
@@ -218,7 +221,7 @@ def save_checkpoint(
         "epoch": None if epoch is None else int(epoch),
         "metrics": _plain(dict(metrics or {}), "metrics"),
         "extra": _plain(dict(extra or {}), "extra"),
-        "rng": get_rng_state(),
+        "rng": get_rng_state() if rng else None,
         "torch_version": str(torch.__version__),
         "worldmodels_version": str(worldmodels.__version__),
         "created": time.time(),

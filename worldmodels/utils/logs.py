@@ -93,6 +93,21 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` in file order (``{"step": 100, "wall_time": ...,
+    "losses/recon": 0.12, ...}``, null for NaN/inf); lines a kill cut short, and lines
+    without an integer step, are skipped as :class:`RunLogger` does on resume."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            record["step"] = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        records.append(record)
+    return records
+
+
 def _clean_jsonl(path: Path, resume_step: int | None) -> None:
     """Drop lines a kill cut short and, on resume, lines of steps after ``resume_step``."""
     if not path.exists():
