@@ -81,8 +81,6 @@ def test_missing_run_is_one_line_exit_2(tmp_path):
     r = run_script("watch.py", "--run", tmp_path / "nope", timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no run directory" in r.stderr
-    r = run_script("watch.py", timeout=60, cwd=tmp_path)  # default pretrained/carracing
-    assert r.returncode == 2 and "pretrained/carracing" in r.stderr
 
 
 def test_missing_controller_names_the_fix(tmp_path):
