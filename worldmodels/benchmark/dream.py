@@ -181,8 +181,10 @@ def run(batch_size: int = 1024, steps: int = 50, device: str = "auto", real_step
     with torch.no_grad():
         for precision in precisions:
             rate = _dream_steps_per_s(m, batch_size, steps, dev, precision, seed)
-            rows.append(row(f"dream ({precision} gates)", _device_name(dev), batch_size, rate))
-        rate, P = _population_steps_per_s(m, batch_size, steps, dev, precisions[0], seed)
-        rows.append(row(f"dream + C: dream_rollout_returns ({precisions[0]})",
-                        _device_name(dev), f"{P} x {TRIALS}", rate))
+            rows.append(row(f"dream ({precision} products)", _device_name(dev), batch_size,
+                            rate))
+        for precision in precisions:
+            rate, P = _population_steps_per_s(m, batch_size, steps, dev, precision, seed)
+            rows.append(row(f"dream + C: dream_rollout_returns ({precision})",
+                            _device_name(dev), f"{P} x {TRIALS}", rate))
     return rows

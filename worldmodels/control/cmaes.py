@@ -282,7 +282,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         from worldmodels.envs.dream import BatchedDream, dream_rollout_returns
 
         dream = BatchedDream(run_dir, P * T, k.temperature, k.device, max_steps=k.max_steps,
-                             vae_model=vae_model)
+                             vae_model=vae_model, precision=k.dream_precision)
     seconds: list[float] = []
     steps_per_s: list[float] = []
     with contextlib.ExitStack() as stack:
