@@ -161,6 +161,38 @@ def test_resuming_with_other_search_settings_is_refused(tmp_path, world):
         train_controller(config(generations=2), run, progress=False)
 
 
+def test_init_starts_the_search_at_a_trained_controller(tmp_path, world):
+    """controller.init (dream pre-training, then real fine-tuning): generation 0's held-out
+    score is that of the given C, CMA-ES's mean starts there, and a C of another shape or
+    a missing one is refused with one line."""
+    source = new_run(tmp_path, world, "source")  # a C far from zero: large steps
+    train_controller(config(generations=2, eval_every=1, sigma0=1.0), source, progress=False)
+    start = load_checkpoint(source / "controller" / "last.pt")
+    run = new_run(tmp_path, world)
+    init = str(source / "controller" / "last.pt")  # a file; a run directory gives best.pt
+    s = train_controller(config(generations=1, eval_every=1, init=init), run, progress=False)
+    zero = new_run(tmp_path, world, "zero")
+    z = train_controller(config(generations=1, eval_every=1), zero, progress=False)
+    assert s["history"][0]["eval"] == pytest.approx(start["extra"]["history"][-1]["eval"])
+    assert s["history"][0]["eval"] != z["history"][0]["eval"]
+    # one generation of sigma0 = 0.1 steps from the source's C, not from zero
+    mean = load_checkpoint_flat(run)
+    src = load_checkpoint_flat(source)
+    assert np.linalg.norm(mean - src) < 0.5 * np.linalg.norm(src)
+    with pytest.raises(ConfigError, match="controller.init: the C in"):
+        train_controller(config(generations=1, init=init, use_hidden_state=False),
+                         new_run(tmp_path, world, "zonly"), progress=False)
+    with pytest.raises(WorldModelsError, match="no run directory or controller checkpoint"):
+        train_controller(config(generations=1, init=str(tmp_path / "nope")),
+                         new_run(tmp_path, world, "missing"), progress=False)
+
+
+def load_checkpoint_flat(run):
+    from worldmodels.control.agent import load_controller
+
+    return load_controller(run, which="last")[0].get_flat()
+
+
 def test_config_checks():
     with pytest.raises(ConfigError, match="controller.population must be >= 2"):
         config(population=1)

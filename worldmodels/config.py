@@ -239,6 +239,10 @@ class ControllerConfig:
                               "(fp32 accumulation; ~2.3x faster on CPUs with AVX512-BF16); "
                               "'auto': bf16 on CUDA, fp32 on CPU",
                               choices=("auto", "fp32", "bf16"))
+    init: str = _f("", "start CMA-ES's mean at a trained C instead of the zero controller: a "
+                   "run directory (its controller/best.pt, else last.pt) or a controller "
+                   "checkpoint of the same shape, e.g. a C evolved in M's dream, fine-tuned "
+                   "here in the real environment ('' : zero)")
     seed: int = _f(0, "seed of CMA-ES sampling, of each generation's track seeds and of the "
                    "held-out tracks")
     hidden_layer: int = _f(0, "C with one tanh hidden layer of this many units (the paper's "

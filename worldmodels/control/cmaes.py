@@ -84,7 +84,8 @@ __all__ = [
 
 # Settings that change the search trajectory: they must not change within a run.
 TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
-                   "max_steps", "early_stop_steps", "batch_invariant", "env", "temperature")
+                   "max_steps", "early_stop_steps", "batch_invariant", "env", "temperature",
+                   "init")
 
 
 # ----------------------------------------------------------------------------- CMA-ES
@@ -98,8 +99,9 @@ def _import_cma() -> Any:
     return cma
 
 
-def new_strategy(num_params: int, cfg: ControllerConfig) -> Any:
-    """A fresh ``cma.CMAEvolutionStrategy`` at the zero vector with ``sigma0``, population
+def new_strategy(num_params: int, cfg: ControllerConfig, x0: np.ndarray | None = None) -> Any:
+    """A fresh ``cma.CMAEvolutionStrategy`` at ``x0`` (default: the zero vector) with
+    ``sigma0``, population
     ``cfg.population``, sampling from its own ``numpy.random.RandomState`` seeded from
     ``cfg.seed`` (not NumPy's global generator: the pickled strategy carries its generator,
     and nothing else in the process can move it)."""
@@ -109,7 +111,34 @@ def new_strategy(num_params: int, cfg: ControllerConfig) -> Any:
                "verbose": -9, "verb_disp": 0, "verb_log": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cma.CMAEvolutionStrategy(np.zeros(num_params), cfg.sigma0, options)
+        start = np.zeros(num_params) if x0 is None else np.asarray(x0, dtype=np.float64)
+        return cma.CMAEvolutionStrategy(start, cfg.sigma0, options)
+
+
+def initial_mean(init: str | Path, controller: Controller) -> np.ndarray:
+    """The flat parameters of the C that ``controller.init`` names (a run directory or a
+    controller checkpoint), checked to have ``controller``'s shape.
+
+    :raises DataError: no such run or checkpoint.
+    :raises ConfigError: a C of another shape (other latent size, hidden layer, or [z, h]
+        against z only).
+    """
+    from worldmodels.control.agent import load_controller
+    from worldmodels.utils.checkpoint import load_checkpoint
+
+    path = Path(init)
+    if path.is_dir():
+        source, _ = load_controller(path)
+    elif path.is_file():
+        checkpoint = load_checkpoint(path, kind=CONTROLLER_KIND, map_location="cpu")
+        source = Controller(**checkpoint["model_config"])
+        source.load_state_dict(checkpoint["state_dict"])
+    else:
+        raise DataError(f"controller.init: no run directory or controller checkpoint {path}")
+    if source.hparams != controller.hparams:
+        raise ConfigError(f"controller.init: the C in {path} has {source.hparams}, this "
+                          f"run's has {controller.hparams}")
+    return source.get_flat()
 
 
 def strategy_to_tensor(es: Any) -> torch.Tensor:
@@ -251,7 +280,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         wall_before = float(extra.get("wall_seconds", 0.0))
         restore_rng(checkpoint)
     else:
-        es = new_strategy(num_params, k)
+        es = new_strategy(num_params, k, initial_mean(k.init, controller) if k.init else None)
 
     env_note = ENV_NOTE if k.env == "real" else (
         f"M's dream (tau={k.temperature:g}), held-out scores in {ENV_NOTE}")
