@@ -327,6 +327,17 @@ def test_line_plot_draws_the_lines_where_they_are(tmp_path):
     assert not ((x > 20.3) & (x < 23.7)).any() and (x < 19.5).any() and (x > 25).any()
 
 
+def test_line_plot_after_pygame_quit(tmp_path):
+    """Fonts are cached; pygame.quit() (closing a CarRacing window, say) invalidates them:
+    the next plot makes them again instead of failing (the suite once hit this)."""
+    import pygame
+
+    line_plot({"a": ([0, 1], [0, 1])}, tmp_path / "a.png", "title", "x", "y")
+    pygame.quit()
+    image = iio.imread(line_plot({"a": ([0, 1], [1, 0])}, tmp_path / "b.png", "title", "x", "y"))
+    assert image.shape[:2] == (450, 800)
+
+
 def test_line_plot_of_nothing_is_an_empty_frame(tmp_path):
     image = iio.imread(line_plot({"none": ([], [])}, tmp_path / "e.png"))
     assert image.shape[:2] == (450, 800)

@@ -204,7 +204,14 @@ _FONTS: dict[int, Any] = {}
 
 
 def _font(size: int) -> Any:
-    """pygame's default font at ``size`` px, or None when pygame's font module is missing."""
+    """pygame's default font at ``size`` px, or None when pygame's font module is missing.
+    Fonts are cached, and made again after ``pygame.quit()`` (closing a CarRacing window,
+    say) has invalidated them."""
+    if any(f is not None for f in _FONTS.values()):
+        import pygame
+
+        if not pygame.font.get_init():  # every cached font is stale, not only this size's
+            _FONTS.clear()
     if size not in _FONTS:
         try:
             os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
