@@ -63,7 +63,9 @@ def test_identical_to_stock_short(policy, kwargs, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy,kwargs", [CASES[0], CASES[2], CASES[3], CASES[4]])
+# Two full episodes (a fast driver reaching far along the track, and the discrete env); the
+# other cases run their first 120 steps above on two seeds (the suite must stay < 10 min).
+@pytest.mark.parametrize("policy,kwargs", [CASES[2], CASES[4]])
 def test_identical_to_stock_full_episode(policy, kwargs):
     seed = 3
     acts = _actions(policy, seed, 1000, kwargs.get("continuous", True))
