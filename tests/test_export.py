@@ -332,10 +332,13 @@ def test_line_plot_after_pygame_quit(tmp_path):
     the next plot makes them again instead of failing (the suite once hit this)."""
     import pygame
 
-    line_plot({"a": ([0, 1], [0, 1])}, tmp_path / "a.png", "title", "x", "y")
-    pygame.quit()
-    image = iio.imread(line_plot({"a": ([0, 1], [1, 0])}, tmp_path / "b.png", "title", "x", "y"))
-    assert image.shape[:2] == (450, 800)
+    for restart in (False, True):  # a CarRacing env started since re-inits pygame
+        line_plot({"a": ([0, 1], [0, 1])}, tmp_path / "a.png", "title", "x", "y")
+        pygame.quit()
+        if restart:
+            pygame.init()
+        image = iio.imread(line_plot({"a": ([0, 1], [1, 0])}, tmp_path / "b.png", "t", "x", "y"))
+        assert image.shape[:2] == (450, 800)
 
 
 def test_line_plot_of_nothing_is_an_empty_frame(tmp_path):

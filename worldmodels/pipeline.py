@@ -13,7 +13,8 @@ Experiment: Procedure"):
 6. score C on ``N`` held-out tracks (:func:`worldmodels.control.evaluation.evaluate`) and, on
    the same tracks, two references: the zero controller (CMA-ES's start point) and a random
    linear C (parameters ``N(0, 1)``, a random policy that still reads ``[z, h]``);
-7. record one episode (:func:`worldmodels.control.watch.main`) to ``<run>/videos/pipeline.mp4``.
+7. record one episode (:func:`worldmodels.control.watch.main`), as long as C's training
+   episodes at most, to ``<run>/videos/pipeline.mp4``.
 
 Every stage resumes or returns at once when finished (the stage functions themselves check),
 so re-running the same command continues an interrupted pipeline and a finished one costs
@@ -246,7 +247,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, progress: bool | None = None,
             from worldmodels.control.watch import main as watch_main
 
             watch_main(["--run", str(run_dir), "--env", "real", "--episodes", "1",
-                        "--seed", str(seed), "--max-steps", str(max_steps),
+                        "--seed", str(seed),
+                        "--max-steps", str(min(max_steps, cfg.controller.max_steps)),
                         "--save", str(video_path), "--device", "cpu"])
             return {"path": str(video_path)}
 

@@ -206,11 +206,13 @@ _FONTS: dict[int, Any] = {}
 def _font(size: int) -> Any:
     """pygame's default font at ``size`` px, or None when pygame's font module is missing.
     Fonts are cached, and made again after ``pygame.quit()`` (closing a CarRacing window,
-    say) has invalidated them."""
-    if any(f is not None for f in _FONTS.values()):
+    say) has invalidated them, whether or not pygame was initialised again since."""
+    if _FONTS.get(size) is not None:
         import pygame
 
-        if not pygame.font.get_init():  # every cached font is stale, not only this size's
+        try:
+            _FONTS[size].size("x")
+        except pygame.error:  # stale after pygame.quit(), even if pygame was started again
             _FONTS.clear()
     if size not in _FONTS:
         try:
