@@ -14,6 +14,7 @@ to 64x64x3.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldmodels.errors import ConfigError
+from worldmodels.errors import ConfigError, WorldModelsError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -497,3 +498,22 @@ def save_resolved(cfg: Config, run_dir: str | os.PathLike[str]) -> Path:
     path = Path(run_dir) / "config.json"
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def save_stage_config(cfg: Config, run_dir: str | os.PathLike[str], section: str,
+                      also: dict[str, Any] | None = None) -> Path:
+    """``<run>/config.json`` after a stage ran: the sections other stages saved are kept,
+    ``[section]`` is this run's, and ``also`` (partial sections, e.g. what the dataset was
+    really collected with) is applied on top. An unreadable or invalid old file is replaced.
+    """
+    resolved = Config()
+    path = Path(run_dir) / "config.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
+        apply_dict(resolved, json.loads(path.read_text()), "config.json")
+    setattr(resolved, section, dataclasses.replace(getattr(cfg, section)))
+    if also:
+        with contextlib.suppress(WorldModelsError):
+            apply_dict(resolved, also, "config.json")
+    with contextlib.suppress(WorldModelsError):
+        validate(resolved)
+    return save_resolved(resolved, run_dir)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import pickle
 import signal
 import threading
@@ -61,12 +60,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels.config import Config, ControllerConfig, apply_dict, save_resolved, validate
+from worldmodels.config import (
+    Config,
+    ControllerConfig,
+    save_stage_config,
+)
 from worldmodels.control.agent import CONTROLLER_KIND, load_world_model
 from worldmodels.control.backends import make_backend
 from worldmodels.control.controller import Controller
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
-from worldmodels.errors import ConfigError, DataError, WorldModelsError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
@@ -205,17 +208,6 @@ def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,
                           f"started: delete {stage_dir} to train C on the new world model")
 
 
-def _save_config(cfg: Config, run_dir: Path) -> None:
-    """``<run>/config.json``: other stages' sections kept, ``[controller]`` this run's."""
-    resolved = Config()
-    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
-        apply_dict(resolved, json.loads((run_dir / "config.json").read_text()), "config.json")
-    resolved.controller = dataclasses.replace(cfg.controller)
-    with contextlib.suppress(WorldModelsError):
-        validate(resolved)
-    save_resolved(resolved, run_dir)
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt, so the workers are stopped on the way out."""
@@ -321,7 +313,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         logger = stack.enter_context(RunLogger(
             run_dir, CONTROLLER_KIND, resume_step=generation if checkpoint is not None else -1))
         logger.hparams(dataclasses.asdict(k))
-        _save_config(cfg, run_dir)
+        save_stage_config(cfg, run_dir, "controller")
         backend = stack.enter_context(make_backend(
             bundle, backend=k.backend, workers=k.workers, envs_per_worker=k.envs_per_worker,
             address=k.address, worker_timeout=k.worker_timeout))

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels.config import Config, apply_dict, save_resolved, validate
+from worldmodels.config import Config, save_stage_config
 from worldmodels.data.datasets import ACTION_DIM, RolloutDataset, available_memory
 from worldmodels.data.rollouts import DATA_KEYS, DATASET_NAME, episode_name
 from worldmodels.errors import DataError, WorldModelsError
@@ -463,17 +463,6 @@ def _encode_locked(model: str, batch_size: int, workers: int, device: torch.devi
     return _consolidate(run_dir, model, layout, identity, rollouts, existing)
 
 
-def _save_config(cfg: Config, run_dir: Path) -> None:
-    """``<run>/config.json`` keeps what the other stages saved; ``[encode]`` is this run's."""
-    resolved = Config()
-    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
-        apply_dict(resolved, json.loads((run_dir / "config.json").read_text()), "config.json")
-    resolved.encode = dataclasses.replace(cfg.encode)
-    with contextlib.suppress(WorldModelsError):
-        validate(resolved)
-    save_resolved(resolved, run_dir)
-
-
 def main(cfg: Config, run_dir: str | os.PathLike[str], overwrite: bool = False,
          progress: bool | None = None) -> dict[str, Any]:
     """``encode.py``: encode (or resume, or find complete), save the resolved config,
@@ -490,7 +479,7 @@ def main(cfg: Config, run_dir: str | os.PathLike[str], overwrite: bool = False,
 
     path = encode(cfg, run_dir, overwrite=overwrite, progress=progress, on_episode=count)
     seconds = time.perf_counter() - t0
-    _save_config(cfg, run_dir)
+    save_stage_config(cfg, run_dir, "encode")
     with LatentDataset(path) as data:
         return {
             "latents": str(path), "model": data.vae["model"], "kind": data.kind,

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -59,7 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.config import Config, MDNRNNConfig, apply_dict, save_resolved, validate
+from worldmodels.config import (
+    Config,
+    MDNRNNConfig,
+    save_stage_config,
+)
 from worldmodels.data.datasets import ACTION_DIM, RolloutDataset, split_episodes
 from worldmodels.data.latents import (
     LatentDataset,
@@ -69,7 +72,7 @@ from worldmodels.data.latents import (
     load_encoder,
 )
 from worldmodels.data.rollouts import DATASET_NAME
-from worldmodels.errors import ConfigError, DataError, WorldModelsError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.memory import (
     MDNRNN,
     DiscreteMDNRNN,
@@ -437,19 +440,6 @@ def _current_v(run_dir: Path, data: LatentDataset, device: torch.device) -> nn.M
     return net
 
 
-def _save_config(cfg: Config, run_dir: Path) -> None:
-    """``<run>/config.json`` keeps the other stages' sections; ``[mdnrnn]`` is this run's
-    and ``[encode].model`` the V whose latents M reads."""
-    resolved = Config()
-    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
-        apply_dict(resolved, json.loads((run_dir / "config.json").read_text()), "config.json")
-    resolved.mdnrnn = dataclasses.replace(cfg.mdnrnn)
-    resolved.encode.model = cfg.encode.model
-    with contextlib.suppress(WorldModelsError):
-        validate(resolved)
-    save_resolved(resolved, run_dir)
-
-
 def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
                  progress: bool | None = None) -> dict[str, Any]:
     """Train M on ``<run>/latents_<encode.model>.h5``, resuming if possible.
@@ -551,7 +541,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         # -- logging: drop whatever a killed run logged after its checkpoint
         logger = stack.enter_context(RunLogger(run_dir, STAGE, resume_step=step))
         logger.hparams({**dataclasses.asdict(m), "vae_model": data.vae.get("model")})
-        _save_config(cfg, run_dir)
+        save_stage_config(cfg, run_dir, "mdnrnn", {"encode": {"model": cfg.encode.model}})
         train_model = torch.compile(model) if m.compile else model
         val_seed = derive_seed(m.seed, "mdnrnn-val")
         strip_seed = derive_seed(m.seed, "mdnrnn-strip")

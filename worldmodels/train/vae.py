@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,7 +58,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels.config import Config, VAEConfig, apply_dict, save_resolved, validate
+from worldmodels.config import (
+    Config,
+    VAEConfig,
+    save_stage_config,
+)
 from worldmodels.data.datasets import (
     FrameDataset,
     RolloutDataset,
@@ -68,7 +71,7 @@ from worldmodels.data.datasets import (
     split_episodes,
 )
 from worldmodels.data.rollouts import DATASET_NAME
-from worldmodels.errors import ConfigError, DataError, WorldModelsError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.generative import (
     VQVAE,
     CodePrior,
@@ -400,20 +403,6 @@ def _check_compatible(checkpoint: dict[str, Any], model_config: dict[str, Any],
                           f"{stage_dir} to start over")
 
 
-def _save_config(cfg: Config, run_dir: Path, collected: dict[str, Any]) -> None:
-    """``<run>/config.json``: the sections other stages saved are kept, ``[vae]`` is this
-    run's and ``[collect]`` is what the dataset was actually collected with."""
-    resolved = Config()
-    with contextlib.suppress(OSError, ValueError, TypeError, WorldModelsError):
-        apply_dict(resolved, json.loads((run_dir / "config.json").read_text()), "config.json")
-    resolved.vae = dataclasses.replace(cfg.vae)
-    with contextlib.suppress(WorldModelsError):
-        apply_dict(resolved, {"collect": collected}, "the dataset's collect config")
-    with contextlib.suppress(WorldModelsError):
-        validate(resolved)
-    save_resolved(resolved, run_dir)
-
-
 def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
     """Train V (``cfg.vae.model``) on ``<run_dir>/rollouts.h5``, resuming if possible.
 
@@ -505,7 +494,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
         resume_step = step + (prior_state["step"] if prior_state else 0)
         logger = stack.enter_context(RunLogger(run_dir, v.model, resume_step=resume_step))
         logger.hparams(dataclasses.asdict(v))
-        _save_config(cfg, run_dir, rollouts.config)
+        save_stage_config(cfg, run_dir, "vae", {"collect": rollouts.config})
         train_model = torch.compile(model) if v.compile else model
         val_generator_seed = derive_seed(v.seed, "vae-val")
         shown_from = val if len(val) else train
