@@ -165,3 +165,54 @@ def test_cached_font_survives_pygame_quit():
     again, _ = env.reset(seed=4)
     env.close()
     assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("repeat", [1, 3, 4])
+@pytest.mark.parametrize("policy,seed", [("full_gas_turns", 0), ("uniform", 7)])
+def test_step_repeated_is_stock_with_repeated_actions(policy, seed, repeat):
+    # Action repeat without drawing the skipped frames: every reward and every observation
+    # that is drawn equals stock CarRacing-v3 stepped with each action `repeat` times.
+    from worldmodels.envs.car_racing import step_repeated
+
+    decisions = _actions(policy, seed, 240 // repeat, True)
+    stock = gym.make(envs.STOCK_ENV_ID)
+    fast = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    s_obs, _ = stock.reset(seed=seed)
+    f_obs, _ = fast.reset(seed=seed)
+    assert np.array_equal(s_obs, f_obs)
+    for t, a in enumerate(decisions):
+        s_rewards = []
+        for _ in range(repeat):
+            s_obs, r, s_term, s_trunc, _ = stock.step(a)
+            s_rewards.append(float(r))
+            if s_term or s_trunc:
+                break
+        f_obs, total, frames, f_term, f_trunc, info = step_repeated(fast, a, repeat)
+        assert info["frame_rewards"] == s_rewards, f"rewards differ at decision {t}"
+        assert total == sum(s_rewards) and frames == len(s_rewards)
+        assert (f_term, f_trunc) == (s_term, s_trunc)
+        if s_term or s_trunc:
+            break
+        assert np.array_equal(s_obs, f_obs), f"observation differs at decision {t}"
+    assert not fast.unwrapped.skip_observation
+    # the skipped frames were really skipped: a frame with the flag set draws nothing
+    fast.unwrapped.skip_observation = True
+    assert fast.step(decisions[0])[0] is None
+    stock.close()
+    fast.close()
+
+
+def test_step_repeated_counts_every_frame_against_the_time_limit():
+    from worldmodels.envs.car_racing import step_repeated
+
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True, max_episode_steps=10)
+    env.reset(seed=1)
+    a = np.array([0.0, 0.3, 0.0], np.float32)
+    _, _, frames, _, truncated, _ = step_repeated(env, a, 4)
+    assert frames == 4 and not truncated
+    step_repeated(env, a, 4)
+    obs, _, frames, _, truncated, _ = step_repeated(env, a, 4)
+    assert frames == 2 and truncated and obs is None  # frame 10 ends it, not drawn
+    with pytest.raises(ValueError):
+        step_repeated(env, a, 0)
+    env.close()

@@ -30,6 +30,7 @@ checks it and ``scripts/benchmark.py env`` measures the speed-up side by side.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pygame
@@ -37,7 +38,7 @@ from gymnasium.envs.box2d import car_racing as _cr
 from gymnasium.envs.box2d.car_racing import CarRacing
 from pygame import gfxdraw
 
-__all__ = ["FastCarRacing"]
+__all__ = ["FastCarRacing", "step_repeated"]
 
 _W, _H = _cr.WINDOW_W, _cr.WINDOW_H
 _M = _cr.MAX_SHAPE_DIM
@@ -78,6 +79,9 @@ class FastCarRacing(CarRacing):
 
     _font: pygame.font.Font | None = None
     _text_cache: dict[str, pygame.Surface] = {}
+    #: when True, the next ``step`` advances physics and reward but draws no observation
+    #: (it returns ``None``); see :func:`step_repeated`
+    skip_observation: bool = False
 
     # ------------------------------------------------------------------ geometry cache
     def _geometry(self) -> np.ndarray:
@@ -188,6 +192,10 @@ class FastCarRacing(CarRacing):
 
         if "t" not in self.__dict__:
             return  # reset() not called yet
+        if mode == "state_pixels" and self.skip_observation:
+            # Drawing has no effect on the simulation (car.draw and _render_indicators only
+            # read the car's state): skipping it leaves physics and rewards unchanged.
+            return None
 
         self.surf = pygame.Surface((_W, _H))
 
@@ -249,3 +257,45 @@ def _covers_screen(quad: np.ndarray, margin: float) -> bool:
                 return False
             sign = math.copysign(1.0, cross)
     return True
+
+
+def step_repeated(env, action, repeat: int = 1) -> tuple[Any, float, int, bool, bool, dict]:
+    """Apply ``action`` for ``repeat`` frames of ``env`` (a FastCarRacing, possibly wrapped),
+    drawing only the last frame's observation: action repeat ("frame skip") without paying
+    for the frames nobody looks at.
+
+    Each frame goes through ``env.step`` (so wrappers such as ``TimeLimit`` count every
+    frame) with the stock physics and reward code; only the drawing of the first
+    ``repeat - 1`` observations is skipped, so every reward and every observation returned is
+    bit-identical to stock ``CarRacing-v3`` stepped with the same action ``repeat`` times.
+    Stops early when the episode ends (then the observation is that of the last frame when it
+    was drawn, else ``None``: nothing needs the frame after an episode's end). The wrapped
+    env must not run gymnasium's passive env checker (``disable_env_checker=True``), which
+    would inspect a skipped ``None`` observation on an env's very first step.
+
+    :return: ``(obs, reward, frames, terminated, truncated, info)``: ``reward`` is the sum
+        of the per-frame rewards (in frame order), ``frames`` how many frames ran, ``info``
+        the last frame's, with ``info["frame_rewards"]`` the per-frame rewards.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    base = env.unwrapped
+    rewards: list[float] = []
+    obs = None
+    terminated = truncated = False
+    info: dict = {}
+    try:
+        for i in range(repeat):
+            base.skip_observation = i < repeat - 1
+            obs, reward, terminated, truncated, info = env.step(action)
+            rewards.append(float(reward))
+            if terminated or truncated:
+                break
+    finally:
+        base.skip_observation = False
+    info = dict(info)
+    info["frame_rewards"] = rewards
+    total = 0.0
+    for r in rewards:
+        total += r
+    return obs, total, len(rewards), terminated, truncated, info
