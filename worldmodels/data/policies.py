@@ -2,8 +2,7 @@
 
 Ha & Schmidhuber (2018, arXiv:1803.10122, sec. 3.2; authors' ``extract.py``) collect
 10,000 CarRacing rollouts with a *random-weights controller*: the full agent with
-untrained parameters drawn per episode (``stdev = U(0, 0.01)``), so the car mostly drives
-straight at a constant throttle. ctallec/world-models uses a *Brownian* policy instead,
+untrained parameters drawn per episode (standard Cauchy times ``stdev = U(0, 0.01)``). ctallec/world-models uses a *Brownian* policy instead,
 whose actions drift persistently (a_{t+1} = clip(a_t + sqrt(dt) * eps), eps ~ N(0, I)),
 which explores turns and braking far more. Both are here, plus their per-episode mix and
 i.i.d. uniform actions.
@@ -64,25 +63,46 @@ class UniformPolicy(Policy):
 
 
 class RandomWeightsPolicy(Policy):
-    """A random linear controller on random features of the frame, as the original.
+    """The original's random-weights controller (authors' ``extract.py`` and ``model.py``).
 
-    Without a trained V, an untrained encoder is stood in for by a fixed random projection
-    ``z = tanh(P (x / 255 - 1/2))`` (x the flattened 64x64x3 frame, P ~ N(0, 1/d)); the
-    controller is ``a = map(W z + b)`` with W, b ~ N(0, stdev^2), stdev ~ U(0, stdev_max),
-    mapped to the action box by :func:`controller_action`.
+    Per episode the authors draw ``stdev = np.random.rand() * 0.01`` and set every parameter
+    of C (and of the untrained V and M) to ``np.random.standard_cauchy(n) * stdev`` ("spice
+    things up": a few heavy-tailed weights dominate, so actions range from nearly constant to
+    bang-bang). C reads ``[z, h]`` (32 + 256 inputs, 867 parameters; ``params[:3]`` is the
+    bias, ``params[3:]`` the (input, 3) weight) and acts ``a = map(tanh(W^T [z, h] + b))``
+    (:func:`controller_action`). This is exactly that controller. The features stand in for
+    the untrained V and M, whose exact networks a torch-free worker does not run: ``z =
+    tanh(P (x / 255 - 1/2))`` (x the flattened 64x64x3 frame, P ~ N(0, 1/d) fixed per episode)
+    and ``h`` the state of an LSTM with the same Cauchy * stdev weights, fed ``[z, a]``.
     """
 
-    def __init__(self, rng: np.random.Generator, latent_dim: int = 32, stdev_max: float = 0.01):
+    def __init__(self, rng: np.random.Generator, latent_dim: int = 32, hidden_dim: int = 256,
+                 stdev_max: float = 0.01):
         d = FRAME_SIZE * FRAME_SIZE * 3
         self.proj = (rng.standard_normal((latent_dim, d)) / math.sqrt(d)).astype(np.float32)
-        stdev = rng.uniform(0.0, stdev_max)
-        self.weight = rng.standard_normal((3, latent_dim)) * stdev
-        self.bias = rng.standard_normal(3) * stdev
+        self.stdev = rng.random() * stdev_max
+        inputs = latent_dim + hidden_dim
+        params = rng.standard_cauchy(inputs * 3 + 3) * self.stdev
+        self.bias, self.weight = params[:3], params[3:].reshape(inputs, 3)
+        lstm_in = latent_dim + 3 + hidden_dim
+        self.lstm = rng.standard_cauchy((4 * hidden_dim, lstm_in + 1)) * self.stdev
+        self.h = np.zeros(hidden_dim)
+        self.c = np.zeros(hidden_dim)
 
     def act(self, frame: np.ndarray) -> np.ndarray:
         x = frame.reshape(-1).astype(np.float32) / 255.0 - 0.5
         z = np.tanh(self.proj @ x).astype(np.float64)
-        return controller_action(self.weight @ z + self.bias)
+        action = controller_action(np.concatenate([z, self.h]) @ self.weight + self.bias)
+        # M's step after acting, as the authors' get_action: h <- LSTM([z, a], h)
+        gates = self.lstm @ np.concatenate([z, action, self.h, [1.0]])
+        i, f, g, o = np.split(gates, 4)
+        self.c = _sigmoid(f) * self.c + _sigmoid(i) * np.tanh(g)
+        self.h = _sigmoid(o) * np.tanh(self.c)
+        return action
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free for the Cauchy tails
 
 
 POLICIES = ("brownian", "random_weights", "mixed", "uniform")
