@@ -11,14 +11,20 @@ worldmodels/FastCarRacing-v3, which is bit-identical to gymnasium's CarRacing-v3
 observations, rewards and 1,000-step limit) with a faster renderer, so the returns are
 CarRacing-v3 returns. No early termination. With --json the last line of stdout is one JSON
 object with mean, std (population std), min, max and returns (in seed order).
+
+Evaluation tracks are 0 .. 999,999,999; training (collection, CMA-ES fitness and held-out
+selection) uses the tracks above (worldmodels/seeds.py). Tracks inside the training range or
+inside the run's own collection range give a one-line warning on stderr.
 """
 
 import argparse
 import json
 import os
+import sys
 
 from worldmodels.cli import run_cli
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
+from worldmodels.seeds import training_overlap_warning
 
 
 def single_threaded_blas() -> None:
@@ -28,7 +34,7 @@ def single_threaded_blas() -> None:
         os.environ[var] = "1"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
     parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
                         help=f"run directory holding V, M and controller/ (default: "
@@ -36,7 +42,8 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=100,
                         help="number of tracks (default: 100, the paper's protocol)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="first track seed: tracks S .. S+N-1 (default: 0)")
+                        help="first track seed: tracks S .. S+N-1 (default: 0; evaluation "
+                             "tracks are 0 .. 999,999,999, training tracks lie above)")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on the last line")
     parser.add_argument("--workers", type=int, default=0,
@@ -50,9 +57,12 @@ def main() -> int:
                              "gives returns that are not CarRacing-v3 scores)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="best.pt (held-out best; last.pt if none) or last.pt")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     single_threaded_blas()
     run = resolve_run(args.run)
+    warning = training_overlap_warning(args.seed, args.episodes, _collect_section(run))
+    if warning:
+        print(warning, file=sys.stderr)
 
     from worldmodels.control.evaluation import evaluate
 
@@ -68,6 +78,14 @@ def main() -> int:
         print(json.dumps({k: r[k] for k in ("mean", "std", "min", "max", "returns", "seeds",
                                             "episodes", "max_steps", "checkpoint", "env")}))
     return 0
+
+
+def _collect_section(run) -> dict | None:
+    """The run's recorded collection settings (its tracks), if it has them."""
+    try:
+        return json.loads((run / "config.json").read_text()).get("collect")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 if __name__ == "__main__":

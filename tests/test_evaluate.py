@@ -66,3 +66,49 @@ def test_missing_controller_is_a_one_line_error(tmp_path):
     assert r.stderr.startswith("error: no trained controller")
     r = run_script("train_controller.py", "--run", tmp_path / "empty")
     assert r.returncode == 2 and r.stderr.startswith("error: no trained M")
+
+
+def test_training_and_evaluation_tracks_are_disjoint_by_default():
+    from worldmodels.config import CollectConfig
+    from worldmodels.control.cmaes import generation_seeds, heldout_seeds
+    from worldmodels.seeds import EVALUATION_SEEDS, TRAINING_SEEDS, overlap
+
+    assert not overlap(EVALUATION_SEEDS.start, len(EVALUATION_SEEDS), TRAINING_SEEDS)
+    c = CollectConfig()
+    collected = range(c.seed, c.seed + c.episodes)
+    assert collected.start in TRAINING_SEEDS and collected[-1] in TRAINING_SEEDS
+    trained = [s for g in range(50) for s in generation_seeds(0, g, 16)] + heldout_seeds(0, 1024)
+    assert all(s in TRAINING_SEEDS for s in trained)
+    assert len(set(trained)) == len(trained)  # still distinct: the mapping keeps 32-bit entropy
+    assert max(trained) < 2**32  # valid for np.random.seed and gymnasium
+
+
+def _evaluate_main():
+    import runpy
+
+    from helpers import SCRIPTS
+
+    return runpy.run_path(str(SCRIPTS / "evaluate.py"), run_name="evaluate")["main"]
+
+
+@pytest.mark.parametrize("seed, collect, warned", [
+    (0, {"seed": 0, "episodes": 160}, "tracks 0..2 are among this run's collection tracks 0..159"),
+    (1000, {"seed": 0, "episodes": 160}, None),  # an old run, scored beside its collection
+    (999_999_999, None, "tracks 1000000000..1000000001 are among the training tracks"),
+    (0, None, None),
+])
+def test_evaluate_warns_in_one_line_on_training_tracks(tmp_path, capsys, monkeypatch, seed,
+                                                        collect, warned):
+    from worldmodels.errors import WorldModelsError
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # evaluate.py sets them; restored after the test
+    if collect is not None:
+        (tmp_path / "config.json").write_text(json.dumps({"collect": collect}))
+    with pytest.raises(WorldModelsError, match="no trained"):  # warned before it looks for C
+        _evaluate_main()(["--run", str(tmp_path), "--episodes", "3", "--seed", str(seed)])
+    err = capsys.readouterr().err
+    if warned is None:
+        assert "warning" not in err
+    else:
+        assert err.startswith(f"warning: {warned}") and err.count("\n") == 1

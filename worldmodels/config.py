@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.seeds import COLLECT_SEED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,7 +45,9 @@ class CollectConfig:
     """Rollout collection (``scripts/collect_rollouts.py``)."""
 
     episodes: int = _f(10_000, "number of episodes to collect; episode k uses track seed seed+k")
-    seed: int = _f(0, "base seed: episode k is collected on track seed+k with policy seed seed+k")
+    seed: int = _f(COLLECT_SEED, "base seed: episode k is collected on track seed+k with policy "
+                   "seed seed+k; the default starts the training tracks, disjoint from the "
+                   "evaluation tracks 0..999,999,999 (worldmodels/seeds.py)")
     max_steps: int = _f(1000, "steps per episode at most (CarRacing-v3 truncates at 1000)")
     policy: str = _f(
         "brownian",
@@ -245,7 +248,8 @@ class ControllerConfig:
                    "checkpoint of the same shape, e.g. a C evolved in M's dream, fine-tuned "
                    "here in the real environment ('' : zero)")
     seed: int = _f(0, "seed of CMA-ES sampling, of each generation's track seeds and of the "
-                   "held-out tracks")
+                   "held-out tracks (all in the training tracks, from 1,000,000,000: never "
+                   "an evaluation track; worldmodels/seeds.py)")
     hidden_layer: int = _f(0, "C with one tanh hidden layer of this many units (the paper's "
                            "ablation used 40); 0 is the paper's linear C")
     use_hidden_state: bool = _f(True, "C reads [z, h] (the paper's full model); false: z only "

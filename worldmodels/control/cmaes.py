@@ -70,6 +70,7 @@ from worldmodels.control.backends import make_backend
 from worldmodels.control.controller import Controller
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
 from worldmodels.errors import ConfigError, DataError
+from worldmodels.seeds import training_track
 from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
@@ -156,8 +157,9 @@ def strategy_from_tensor(data: torch.Tensor) -> Any:
 
 
 def generation_seeds(seed: int, generation: int, trials: int) -> list[int]:
-    """The T track seeds of ``generation``: shared by its candidates, new each generation."""
-    return [derive_seed(seed, "tracks", generation, j) for j in range(trials)]
+    """The T track seeds of ``generation``: shared by its candidates, new each generation;
+    training tracks (:data:`worldmodels.seeds.TRAINING_SEEDS`), never evaluation ones."""
+    return [training_track(derive_seed(seed, "tracks", generation, j)) for j in range(trials)]
 
 
 def dream_generation_seed(seed: int, generation: int) -> int:
@@ -168,9 +170,10 @@ def dream_generation_seed(seed: int, generation: int) -> int:
 
 
 def heldout_seeds(seed: int, episodes: int) -> list[int]:
-    """The run's fixed held-out tracks (32-bit seeds derived from the run seed, so they
-    almost surely differ from training tracks and from ``evaluate.py``'s ``S .. S+N-1``)."""
-    return [derive_seed(seed, "heldout", j) for j in range(episodes)]
+    """The run's fixed held-out tracks, which select ``best.pt``: derived from the run seed
+    (so they almost surely differ from the fitness tracks) and in the training range, so never
+    one of ``evaluate.py``'s evaluation tracks (:mod:`worldmodels.seeds`)."""
+    return [training_track(derive_seed(seed, "heldout", j)) for j in range(episodes)]
 
 
 # ------------------------------------------------------------------------------ helpers
