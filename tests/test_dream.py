@@ -38,6 +38,7 @@ from worldmodels.envs.dream import (
     keyed_uniform,
 )
 from worldmodels.errors import DataError
+from worldmodels.memory.mdnrnn import MDNRNN, sample_next
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
 
 D, H = 32, 64  # a small M keeps the tests fast; the paper's H is 256
@@ -352,3 +353,91 @@ def test_benchmark_runs():
     stock, fast = rows[0]["env-steps/s"], rows[1]["env-steps/s"]
     assert rows[2]["x CarRacing-v3"] == pytest.approx(rows[2]["env-steps/s"] / stock)
     assert rows[2]["x fast"] == pytest.approx(rows[2]["env-steps/s"] / fast)
+
+
+# ------------------------------------------------------------------------------ the dream is M
+
+
+def _sharp_m(seed: int = 4) -> MDNRNN:
+    """A random M whose mixtures are far from uniform: logits and means spread by 4x, so a
+    wrong temperature on the weights or on sigma moves the moments visibly."""
+    torch.manual_seed(seed)
+    m = MDNRNN(latent_dim=D, hidden_dim=H, num_gaussians=5).eval()
+    with torch.no_grad():
+        m.mdn.weight[:2 * D * 5] *= 4
+        m.mdn.bias[:2 * D * 5] *= 4
+        m.done_head.bias.fill_(-8.0)  # episodes last: no row freezes during the test
+    return m
+
+
+def _mixture_moments(out, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance (B, D) of the tempered mixture: weights softmax(logpi / tau),
+    components N(mu_k, tau sigma_k^2) (the paper's temperature)."""
+    w = torch.softmax(out.logpi.double() / tau, dim=-1)
+    mu, var = out.mu.double(), out.logsigma.double().mul(2).exp() * tau
+    mean = (w * mu).sum(-1)
+    return mean, (w * (var + mu**2)).sum(-1) - mean**2
+
+
+def test_dream_at_tau_0_is_m_step_and_its_deterministic_sampler():
+    """The fused LSTM, the reordered heads and the sampler against MDNRNN.step + sample_next
+    (tau = 0: the mean of the most likely component), closed loop from the same z_0:
+    latents, hidden and cell state, reward and P(done) equal to float rounding."""
+    m = _sharp_m()
+    B, steps = 6, 25
+    dream = BatchedDream.from_models(m, START, np.full_like(START, -2.0), batch_size=B,
+                                     temperature=0.0, device="cpu", precision="fp32")
+    obs = dream.reset(seed=11)
+    z = obs[:, :D].clone()
+    state = m.initial_state(B)
+    moves = actions(steps, seed=5)
+    with torch.no_grad():
+        for t in range(steps):
+            a = torch.from_numpy(np.repeat(moves[t:t + 1], B, axis=0))
+            obs, reward, done = dream.step(a)
+            out, state = m.step(z, a, state)
+            z = sample_next(out, temperature=0.0)
+            torch.testing.assert_close(obs[:, :D], z, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(obs[:, D:], state[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(dream.c, state[1], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(reward, out.reward, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(dream.done_prob, torch.sigmoid(out.done_logit),
+                                       rtol=1e-4, atol=1e-9)
+            assert not done.any()
+    assert float(z.std()) > 0.1  # the latents moved: the comparison saw real values
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 1.5])
+def test_dream_samples_at_tau_have_the_moments_of_ms_mixture(tau):
+    """One step of N rows from the same z_0 and h_0 = 0: their z_1 are draws from M's tempered
+    mixture. Mean and variance per latent dimension match the mixture's analytic moments
+    (and M's own sampler's), and the dream's and sample_next's draws are the same
+    distribution (two-sample Kolmogorov-Smirnov per dimension)."""
+    from scipy.stats import ks_2samp
+
+    m = _sharp_m()
+    N = 20_000
+    dream = BatchedDream.from_models(m, START[:1], np.full((1, D), -40.0, np.float32),
+                                     batch_size=N, temperature=tau, device="cpu",
+                                     precision="fp32")
+    z0 = dream.reset(seed=0)[:, :D]
+    assert float((z0 - z0[0]).abs().max()) < 1e-6  # one start state
+    a = torch.tensor([[0.3, 0.6, 0.1]]).repeat(N, 1)
+    z1 = dream.step(a)[0][:, :D].double()
+    with torch.no_grad():
+        out, _ = m.step(z0[:1], a[:1])
+    mean, var = (x[0] for x in _mixture_moments(out, tau))
+    se_mean = (var / N).sqrt()
+    assert (z1.mean(0) - mean).abs().max() < 5 * se_mean.max()
+    assert ((z1.var(0) / var) - 1).abs().max() < 0.08
+    # the tempering matters here: the untempered mixture's moments are visibly different
+    mean1, var1 = (x[0] for x in _mixture_moments(out, 1.0))
+    if tau != 1.0:
+        assert ((var1 / var) - 1).abs().max() > 0.2
+    g = torch.Generator().manual_seed(1)
+    big = type(out)(*(t.expand(N, *t.shape[1:]) for t in out[:3]), None, None, None)
+    ref = sample_next(big, temperature=tau, generator=g).double()
+    assert (ref.mean(0) - mean).abs().max() < 5 * se_mean.max()
+    assert ((ref.var(0) / var) - 1).abs().max() < 0.08
+    p = [ks_2samp(z1[:, j].numpy(), ref[:, j].numpy()).pvalue for j in range(D)]
+    assert min(p) > 1e-4  # 32 tests: a real difference gives p ~ 0
