@@ -65,6 +65,9 @@ class CollectConfig:
         choices=("fast", "stock"),
     )
     domain_randomize: bool = _f(False, "CarRacing domain randomisation (colours change per reset)")
+    action_repeat: int = _f(
+        1, "frames each action is held for; only every k-th frame is stored (with the summed "
+        "reward): V, M and C then all work at one decision per k frames (1: the paper)")
     workers: int = _f(0, "worker processes; 0 means one per available CPU core")
     backend: str = _f(
         "local", "'local' (process pool) or 'ray' (a Ray cluster, see --address)",
@@ -122,6 +125,10 @@ class VAEConfig:
     seed: int = _f(0, "seed of initialisation, shuffling and sampling")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     compile: bool = _f(False, "torch.compile the model (fixed batch shape makes this pay off)")
+    precision: str = _f("auto", "the network's arithmetic in training: 'auto' (bf16 autocast on "
+                        "CUDA with bf16 and on CPUs with native bf16, AVX512-BF16 or AMX, where "
+                        "it measured faster; fp32 elsewhere), 'bf16' or 'fp32'; losses stay fp32",
+                        choices=("auto", "bf16", "fp32"))
     in_memory: str = _f("auto", "hold all frames in (GPU) memory: 'auto' (when they fit), "
                         "'yes' or 'no' (stream from HDF5)", choices=("auto", "yes", "no"))
     log_every: int = _f(50, "optimiser steps between TensorBoard scalars")
@@ -178,14 +185,22 @@ class MDNRNNConfig:
                             "discrete M predicts a categorical over the codebook instead")
     code_embed_dim: int = _f(8, "discrete M (VQ-VAE latents): embedding size of one code")
     seq_len: int = _f(999, "transitions per training sequence (the authors' code: 999 of "
-                      "each 1,000-step episode); episodes with fewer are skipped")
+                      "each 1,000-step episode); an episode with fewer gives one sequence, "
+                      "padded and masked out of the loss")
     batch_size: int = _f(100, "sequences per batch (the authors' code: 100)")
     lr: float = _f(1e-3, "Adam learning rate (the authors' code: 1e-3)")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this value (the authors' code: 1.0; "
-                          "0: no clipping)")
+    grad_clip: float = _f(1.0, "gradient clipping threshold (the authors' code: 1.0; 0: no "
+                          "clipping); how it clips: grad_clip_mode")
+    grad_clip_mode: str = _f("norm", "'value' clips each gradient element to [-grad_clip, "
+                             "grad_clip] (the authors' tf.clip_by_value); 'norm' rescales the "
+                             "whole gradient to norm <= grad_clip (chosen by measurement)",
+                             choices=("norm", "value"))
     steps: int = _f(4000, "optimiser steps in total (the authors' code: 4,000)")
     reward_weight: float = _f(1.0, "weight of the reward MSE in the loss (0: not trained)")
     done_weight: float = _f(1.0, "weight of the done BCE in the loss (0: not trained)")
+    done_pos_weight: float = _f(10.0, "BCE weight of the done steps (about one in a thousand): "
+                                "> 1 lifts the done head's probability where an episode ends, "
+                                "so that the dream ends episodes")
     temperature: float = _f(1.0, "tau of M's open-loop samples in the prediction figure "
                             "(mixture logits / tau, sigma * sqrt(tau))")
     val_episodes: float = _f(0.05, "fraction of episodes held out for validation (by "
@@ -195,6 +210,14 @@ class MDNRNNConfig:
     seed: int = _f(0, "seed of initialisation, data order and z sampling")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     compile: bool = _f(False, "torch.compile M (fixed batch shape)")
+    compile_loss: str = _f("auto", "torch.compile the mixture NLL (forward and backward fused): "
+                           "'auto' (when a batch has >= 2^22 mixture elements, where the "
+                           "compile time pays back), 'yes' or 'no'",
+                           choices=("auto", "yes", "no"))
+    precision: str = _f("auto", "the LSTM's arithmetic in training: 'auto' (bf16 autocast on "
+                        "CUDA with bf16 and on CPUs with native bf16, AVX512-BF16 or AMX, where "
+                        "it measured faster; fp32 elsewhere), 'bf16' or 'fp32'; heads and losses "
+                        "stay fp32", choices=("auto", "bf16", "fp32"))
     in_memory: str = _f("auto", "hold all latents in (GPU) memory: 'auto' (when they fit), "
                         "'yes' or 'no' (read each batch from HDF5)", choices=("auto", "yes", "no"))
     log_every: int = _f(20, "optimiser steps between TensorBoard scalars (the authors' code: 20)")
@@ -259,9 +282,25 @@ class ControllerConfig:
                         choices=("auto", "vae", "betavae"))
     max_steps: int = _f(1000, "steps per training episode at most (CarRacing-v3 ends at 1000)")
     early_stop_steps: int = _f(
-        0, "end a training episode when no new track tile was reached for this many steps, "
-        "scoring it as if it never reached another (return so far - 0.1 per remaining step); "
-        "0: off. Never used for the held-out score or evaluate.py")
+        0, "end a training episode early after this many frames by the rule early_stop, "
+        "scoring it as if it never reached another tile (return so far - 0.1 per remaining "
+        "frame); 0: off. Never used for the held-out score or evaluate.py")
+    early_stop: str = _f(
+        "tiles", "early-termination rule: 'tiles' (no new track tile for early_stop_steps "
+        "frames) or 'negative' (early_stop_steps consecutive frames of negative reward after "
+        "the zoom-in, the attention agent's and the GA world model's rule, N = 20)",
+        choices=("tiles", "negative"))
+    action_repeat: int = _f(
+        0, "frames each decision of C is held for: 0 takes the world model's (what collection "
+        "used, recorded in the rollouts and M; 1 when not recorded); a C trained with another "
+        "k than M is refused")
+    precision: str = _f(
+        "auto", "V's encoder in the workers: 'fp32', 'bf16' (about 4x faster on CPUs with "
+        "AVX512-BF16/AMX, slower without) or 'auto' (bf16 where the machine has native bf16)",
+        choices=("auto", "fp32", "bf16"))
+    z: str = _f(
+        "mu", "what C and M read of V: 'mu' (the posterior mean) or 'sample' (mu + sigma * "
+        "eps, as the authors' encode_obs and as M was trained)", choices=("mu", "sample"))
     eval_every: int = _f(25, "generations between scores of the distribution's mean on the "
                          "held-out tracks (also done after the last generation); best.pt keeps "
                          "the best; 0: never")
@@ -345,7 +384,7 @@ def _positive(section: str, obj: Any, names: tuple[str, ...], minimum: float = 1
 def validate(cfg: Config) -> Config:
     """Impossible values and unknown choices are :class:`ConfigError`s."""
     c = cfg.collect
-    _positive("collect", c, ("episodes", "max_steps", "chunk_frames"))
+    _positive("collect", c, ("episodes", "max_steps", "chunk_frames", "action_repeat"))
     _positive("collect", c, ("workers", "seed"), 0)
     if not 0 < c.brownian_dt <= 1:
         raise ConfigError(f"collect.brownian_dt must be in (0, 1], got {c.brownian_dt}")
@@ -388,6 +427,8 @@ def validate(cfg: Config) -> Config:
                             "batch_size", "steps", "log_every"))
     _positive("mdnrnn", r, ("grad_clip", "reward_weight", "done_weight", "temperature",
                             "eval_every", "seed"), 0)
+    if not r.done_pos_weight > 0:
+        raise ConfigError(f"mdnrnn.done_pos_weight must be > 0, got {r.done_pos_weight}")
     if not r.lr > 0:
         raise ConfigError(f"mdnrnn.lr must be > 0, got {r.lr}")
     if not 0 <= r.val_episodes < 1:
@@ -395,7 +436,7 @@ def validate(cfg: Config) -> Config:
     k = cfg.controller
     _positive("controller", k, ("population", "trials", "generations", "eval_episodes"))
     _positive("controller", k, ("seed", "hidden_layer", "early_stop_steps", "eval_every",
-                                "workers", "envs_per_worker"), 0)
+                                "workers", "envs_per_worker", "action_repeat"), 0)
     if k.population < 2:
         raise ConfigError(f"controller.population must be >= 2 for CMA-ES, got {k.population}")
     if not 1 <= k.max_steps <= 1000:

@@ -30,6 +30,7 @@ there.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ __all__ = [
 
 #: checkpoint kind and stage directory of C
 CONTROLLER_KIND = "controller"
+
+#: V's encoder arithmetic (see WorldModelAgent)
+PRECISIONS = ("auto", "fp32", "bf16")
+#: what C and M read of V's posterior
+Z_MODES = ("mu", "sample")
 
 _OBS_SHAPE = (96, 96, 3)
 _FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
@@ -83,6 +89,16 @@ class WorldModelAgent:
     :param device: where V and M run (default: V's device); C runs there too.
     :param batch_invariant: compute V's ``mu`` head and C one row at a time, so a row's result
         does not depend on the batch (see the module docstring); False: fully batched.
+    :param precision: V's convolutional encoder in ``fp32`` or ``bf16`` (weights and
+        activations bfloat16, channels_last, the 1024 features back in fp32 for the heads);
+        ``auto``: bf16 where the device computes it natively (CUDA, or a CPU with
+        AVX512-BF16/AMX: ~4x faster there), else fp32 (emulated bf16 is slower). bf16 changes
+        z by bf16 rounding, so returns differ from fp32's (CarRacing is chaotic); rows stay
+        batch-invariant on CPU.
+    :param z: what C and M read of V: ``mu`` (the posterior mean) or ``sample`` (z = mu +
+        sigma * eps, as the authors' ``encode_obs`` does and as M was trained); the noise of
+        row i comes from its own generator seeded by :meth:`reset`, so it does not depend on
+        the batch.
     """
 
     def __init__(
@@ -93,6 +109,8 @@ class WorldModelAgent:
         *,
         device: str | torch.device | None = None,
         batch_invariant: bool = True,
+        precision: str = "fp32",
+        z: str = "mu",
     ) -> None:
         if not isinstance(vae, ConvVAE):
             raise DataError(f"the agent needs a VAE with a continuous z (ConvVAE), got "
@@ -108,6 +126,20 @@ class WorldModelAgent:
         self.vae = vae.to(self.device).eval()
         self.mdnrnn = mdnrnn.to(self.device).eval()
         self.batch_invariant = batch_invariant
+        if precision not in PRECISIONS:
+            raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if z not in Z_MODES:
+            raise DataError(f"z must be one of {', '.join(Z_MODES)}, got {z!r}")
+        if precision == "auto":
+            from worldmodels.utils.torch import auto_precision
+
+            precision = auto_precision(self.device)
+        self.precision, self.z_mode = precision, z
+        self._encoder = self.vae.encoder
+        if precision == "bf16":  # a bf16 channels_last copy; V itself stays fp32
+            self._encoder = copy.deepcopy(self.vae.encoder).to(torch.bfloat16).to(
+                memory_format=torch.channels_last).eval()
+        self._noise: list[torch.Generator] = []
         self.controller = self._check_controller(
             controller if controller is not None
             else Controller(latent_dim=vae.latent_dim, hidden_dim=mdnrnn.hidden_dim))
@@ -156,10 +188,6 @@ class WorldModelAgent:
             c.set_flat(flat)
         return c.to(self.device).eval()
 
-    def set_controller(self, controller: Controller) -> None:
-        """Use ``controller`` for every row that is not given its own in :meth:`act`."""
-        self.controller = self._check_controller(controller)
-
     def _check_controller(self, c: Controller) -> Controller:
         if c.latent_dim != self.latent_dim or (c.use_hidden_state
                                                and c.hidden_dim != self.hidden_dim):
@@ -170,23 +198,27 @@ class WorldModelAgent:
 
     # ------------------------------------------------------------------------ state
 
-    def reset(self, batch_size: int = 1) -> None:
-        """Start ``batch_size`` episodes: M's state ``(h, c)`` is zero, each (B, H)."""
-        self.state = self.mdnrnn.initial_state(batch_size, self.device)
+    def reset(self, batch_size: int = 1, seeds: Sequence[int] | None = None) -> None:
+        """Start ``batch_size`` episodes: M's state ``(h, c)`` is zero, each (B, H).
 
-    def reset_rows(self, rows: Sequence[int]) -> None:
-        """Zero M's state of ``rows`` (new episodes in those slots)."""
-        if self.state is None:
-            raise RuntimeError("call reset(batch_size) before reset_rows")
-        for t in self.state:
-            t[list(rows)] = 0.0
+        :param seeds: with ``z="sample"``, one seed per row for its noise (default 0, 1, ...):
+            the same seed gives the same z sequence whatever the batch."""
+        self.state = self.mdnrnn.initial_state(batch_size, self.device)
+        if self.z_mode == "sample":
+            seeds = list(range(batch_size)) if seeds is None else list(seeds)
+            if len(seeds) != batch_size:
+                raise ValueError(f"got {len(seeds)} seeds for {batch_size} rows")
+            self._noise = [torch.Generator(device=self.device).manual_seed(int(s) & (2**63 - 1))
+                           for s in seeds]
 
     # ------------------------------------------------------------------------ steps
 
     @torch.no_grad()
-    def encode(self, observations: np.ndarray) -> torch.Tensor:
+    def encode(self, observations: np.ndarray, rows: Sequence[int] | None = None
+               ) -> torch.Tensor:
         """Raw observations (B, 96, 96, 3) or preprocessed frames (B, 64, 64, 3), uint8
-        -> z = mu (B, D) float32 on the agent's device."""
+        -> z (B, D) float32 on the agent's device: ``mu``, or with ``z="sample"`` mu + sigma *
+        eps with eps from the generators of ``rows`` (default 0..B-1)."""
         obs = np.asarray(observations)
         if obs.ndim == 4 and obs.shape[1:] == _OBS_SHAPE:
             # Frame by frame, as collection does: the same bytes as preprocess_frames (exact
@@ -198,11 +230,27 @@ class WorldModelAgent:
         if obs.dtype != np.uint8:
             raise ValueError(f"expected uint8 observations, got {obs.dtype}")
         x = frames_to_tensor(obs, self.device)
+        if self.precision == "bf16":
+            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        # (B, 1024): convolutions, row-invariant (oneDNN)
+        features = self._encoder(x).float()
+        sample = self.z_mode == "sample"
         if not self.batch_invariant:
-            return self.vae.encode(x)[0]
-        features = self.vae.encoder(x)  # (B, 1024): convolutions, row-invariant (oneDNN)
-        w, b = self.vae.fc_mu.weight, self.vae.fc_mu.bias
-        return torch.stack([F.linear(f, w, b) for f in features])  # one (1024,) row at a time
+            mu = self.vae.fc_mu(features)
+            if not sample:
+                return mu
+            sigma = self.vae.fc_logvar(features).mul(0.5).exp()
+        else:
+            w, b = self.vae.fc_mu.weight, self.vae.fc_mu.bias
+            mu = torch.stack([F.linear(f, w, b) for f in features])  # one (1024,) row at a time
+            if not sample:
+                return mu
+            w, b = self.vae.fc_logvar.weight, self.vae.fc_logvar.bias
+            sigma = torch.stack([F.linear(f, w, b) for f in features]).mul(0.5).exp()
+        rows = range(len(mu)) if rows is None else rows
+        eps = torch.stack([torch.randn(mu.shape[1], generator=self._noise[r], device=mu.device)
+                           for r in rows])
+        return mu + sigma * eps
 
     def _controller_output(self, z: torch.Tensor, h: torch.Tensor,
                            controllers: Sequence[Controller] | None) -> torch.Tensor:
@@ -239,7 +287,7 @@ class WorldModelAgent:
         """
         if self.state is None:
             raise RuntimeError("call reset(batch_size) before act")
-        z = self.encode(observations)
+        z = self.encode(observations, rows)
         n = len(z)
         if rows is None:
             if n != self.batch_size:
@@ -364,3 +412,42 @@ def save_random_world_model(run_dir: str | Path, *, latent_dim: int = 32, hidden
                     model_config={"model": "mdnrnn", **mdnrnn.hparams}, step=0,
                     extra={"vae": {"model": "vae"}})
     return run_dir
+
+
+def world_action_repeat(run_dir: str | Path) -> int:
+    """The action repeat k the world model of ``run_dir`` was built with: what collection
+    used for the data M learned from. Read from M's checkpoint (``extra.action_repeat``), else
+    the latents it was trained on, else the run's ``rollouts.h5``, else ``config.json``'s
+    ``[collect]``; 1 (the paper, and every run made before k existed) when none says."""
+    import json
+
+    import h5py
+
+    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
+
+    run_dir = Path(run_dir)
+    stage = run_dir / "mdnrnn"
+    path = next((stage / n for n in (CheckpointManager.BEST, CheckpointManager.LAST)
+                 if (stage / n).exists()), None)
+    sources: list[Path] = []
+    if path is not None:
+        extra = load_checkpoint(path, kind="mdnrnn", map_location="cpu").get("extra") or {}
+        if "action_repeat" in extra:
+            return int(extra["action_repeat"])
+        if extra.get("latents"):
+            sources.append(Path(extra["latents"]))
+    sources.append(run_dir / "rollouts.h5")
+    for source in sources:
+        try:
+            with h5py.File(source, "r") as f:
+                text = f.attrs.get("rollouts") or "{}"
+                config = json.loads(text).get("config") if "rollouts" in f.attrs else \
+                    json.loads(f.attrs.get("config", "{}"))
+            return int((config or {}).get("action_repeat", 1))
+        except (OSError, ValueError, TypeError):
+            continue
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        return int(saved.get("collect", {}).get("action_repeat", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1

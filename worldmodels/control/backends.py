@@ -11,11 +11,15 @@ episode, in the order given, whatever the number of workers:
   run batched over them; tasks are handed out as workers become free;
 * each worker loads V and M once (from a bundle of their weights sent at its start, so Ray
   nodes need not share the run directory) and keeps its environments across tasks;
-* a worker that dies (killed, out of memory, a segfault) or spends more than
-  ``worker_timeout`` seconds on one task is killed and replaced, and its task is run again
-  from the start (episodes are deterministic given their seed and parameters, so the re-run
-  gives what the lost one would have). A task that kills :data:`MAX_ATTEMPTS` workers stops the
-  run with an error: a generation is never scored on fewer episodes;
+* a worker that dies (killed, out of memory, a segfault) or makes no progress for
+  ``worker_timeout`` seconds is killed and replaced, and its task is run again from the start
+  (episodes are deterministic given their seed and parameters, so the re-run gives what the
+  lost one would have). Liveness is *progress*, not duration: a worker reports every lockstep
+  decision (a heartbeat, sent at most every :data:`HEARTBEAT_SECONDS`), so a task on a machine
+  ten times slower, or shared with other jobs, just takes longer, while a worker that stops
+  stepping is caught ``worker_timeout`` seconds after its last step. A task that kills
+  :data:`MAX_ATTEMPTS` workers stops the run with an error: a generation is never scored on
+  fewer episodes;
 * an exception inside a worker is a bug, not a crash: it stops the run with its traceback.
 
 :class:`LocalBackend` pins worker ``i`` to core ``i`` with one torch thread;
@@ -64,7 +68,30 @@ STARTUP_GRACE = 120.0
 #: lockstep group size when ``envs_per_worker = 0``: ceil(episodes / workers), at most this
 AUTO_ENVS_CAP = 32
 
+#: a busy worker reports its progress at most this often (seconds)
+HEARTBEAT_SECONDS = 1.0
+
 OnDone = Callable[[int, list[tuple]], None]
+
+
+class _Heartbeat:
+    """The ``on_step`` of a task in a worker: the test fault hook, then a progress report
+    through ``send(count)`` at most every :data:`HEARTBEAT_SECONDS`."""
+
+    def __init__(self, send: Callable[[int], None] | None) -> None:
+        self.send = send
+        self.hook = _fault_hook()
+        self.last = time.monotonic()
+        self.count = 0
+
+    def __call__(self, t: int) -> None:
+        if self.hook is not None:
+            self.hook(t)
+        self.count += 1
+        now = time.monotonic()
+        if self.send is not None and now - self.last >= HEARTBEAT_SECONDS:
+            self.last = now
+            self.send(self.count)
 
 
 @contextlib.contextmanager
@@ -82,7 +109,8 @@ class EvaluationBackend:
 
     :param bundle: V and M for the workers (:func:`~worldmodels.control.evaluation.make_bundle`).
     :param envs_per_worker: episodes per task (one lockstep group); 0: automatic.
-    :param worker_timeout: seconds a worker may spend on one task before it counts as hung.
+    :param worker_timeout: seconds a busy worker may go without progress (a lockstep
+        decision) before it counts as hung.
     """
 
     num_workers: int = 1
@@ -102,8 +130,8 @@ class EvaluationBackend:
         return max(1, min(AUTO_ENVS_CAP, math.ceil(episodes / self.num_workers)))
 
     def run(self, params: np.ndarray, specs: Sequence[EpisodeSpec], *, max_steps: int = 1000,
-            early_stop_steps: int = 0, progress: bool | None = False, desc: str = "episodes"
-            ) -> list[EpisodeResult]:
+            early_stop_steps: int = 0, early_stop: str = "tiles", progress: bool | None = False,
+            desc: str = "episodes") -> list[EpisodeResult]:
         """Run every episode of ``specs``; one result per spec, in order.
 
         :param params: (K, N) float64 flat controller parameters; ``spec.candidate`` is a row.
@@ -120,6 +148,7 @@ class EvaluationBackend:
                 "params": params[rows] if rows else np.zeros((0, params.shape[1])),
                 "specs": [(s.key, remap.get(s.candidate, -1), s.seed) for s in chunk],
                 "max_steps": int(max_steps), "early_stop_steps": int(early_stop_steps),
+                "early_stop": str(early_stop),
             })
         done: dict[int, EpisodeResult] = {}
         bar = progress_bar(progress, total=len(specs), desc=desc, unit="ep")
@@ -211,7 +240,6 @@ def _worker_main(conn: Any, bundle_path: str, core: int | None) -> None:
     set_threads(1)
     with open(bundle_path, "rb") as f:
         state = WorkerState(f.read())
-    hook = _fault_hook()
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -221,8 +249,9 @@ def _worker_main(conn: Any, bundle_path: str, core: int | None) -> None:
         if message is None:
             break
         task_id, task = message
+        beat = _Heartbeat(lambda n, task_id=task_id: conn.send(("beat", task_id, n)))
         try:
-            results = state.run(task, on_step=hook)
+            results = state.run(task, on_step=beat)
         except Exception:
             conn.send(("error", task_id, traceback.format_exc()))
         else:
@@ -250,7 +279,8 @@ class _Worker:
         self.core = core
         self.ready = False
         self.task: int | None = None
-        self.since = time.monotonic()  # start of the current task, or of the process
+        # last sign of life: start of the process or of the current task, or its last step
+        self.since = time.monotonic()
 
     def stop(self, wait: float = 2.0) -> None:
         if self.process.is_alive() and self.ready and self.task is None:
@@ -334,6 +364,9 @@ class LocalBackend(EvaluationBackend):
                 if kind == "ready":
                     w.ready, w.since = True, time.monotonic()
                     self._start_failures = 0
+                elif kind == "beat":
+                    if rest[0] == w.task:
+                        w.since = time.monotonic()
                 elif kind == "ok":
                     task_id, results = rest
                     w.task = None
@@ -350,7 +383,7 @@ class LocalBackend(EvaluationBackend):
         if (w.task is not None or not w.ready) and time.monotonic() - w.since > self._limit(w):
             if not w.ready:
                 return f"did not start within {self._limit(w):g} s"
-            return f"hung (no result within worker_timeout={self.worker_timeout:g} s)"
+            return f"hung (no progress for worker_timeout={self.worker_timeout:g} s)"
         return None
 
     def _check_start(self, w: _Worker, problem: str) -> None:
@@ -365,7 +398,8 @@ class LocalBackend(EvaluationBackend):
                 "`if __name__ == '__main__':` guard?)")
 
     def _limit(self, w: _Worker) -> float:
-        """Seconds ``w`` may stay silent: a task's ``worker_timeout``, or the start-up grace."""
+        """Seconds ``w`` may stay silent: ``worker_timeout`` while busy, or the start-up
+        grace."""
         return self.worker_timeout if w.ready else max(self.worker_timeout, STARTUP_GRACE)
 
     def close(self) -> None:
@@ -384,17 +418,27 @@ class LocalBackend(EvaluationBackend):
 
 
 class _RayEvaluator:
-    """The Ray actor behind :class:`RayBackend` (decorated with ``ray.remote`` there)."""
+    """The Ray actor behind :class:`RayBackend` (decorated with ``ray.remote`` there, with
+    two threads: :meth:`progress` answers while :meth:`run` steps)."""
 
     def __init__(self, bundle: bytes) -> None:
         from worldmodels.utils.torch import set_threads
 
         set_threads(1)
         self.state = WorkerState(bundle)
-        self.hook = _fault_hook()
+        self.steps = 0  # lockstep decisions since the actor started
 
     def run(self, task: dict[str, Any]) -> list[tuple]:
-        return self.state.run(task, on_step=self.hook)
+        beat = _Heartbeat(None)
+
+        def on_step(t: int) -> None:
+            beat(t)
+            self.steps += 1
+
+        return self.state.run(task, on_step=on_step)
+
+    def progress(self) -> int:
+        return self.steps
 
 
 class RayBackend(EvaluationBackend):
@@ -424,7 +468,7 @@ class RayBackend(EvaluationBackend):
         from worldmodels.utils.torch import THREAD_ENV_VARS
 
         one_thread = {"env_vars": {var: "1" for var in THREAD_ENV_VARS}}  # see LocalBackend
-        self._actor_class = ray.remote(num_cpus=1, max_restarts=0,
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=2,
                                        runtime_env=one_thread)(_RayEvaluator)
         self._actors: list[Any] = []
         self._fresh: list[bool] = []
@@ -442,19 +486,18 @@ class RayBackend(EvaluationBackend):
             self._fresh.append(True)
         queue = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
-        running: dict[Any, tuple[int, int, float]] = {}  # ref -> (slot, task, deadline)
+        # ref -> [slot, task, time of the last progress, steps then, pending progress ref]
+        running: dict[Any, list[Any]] = {}
         idle = list(range(len(self._actors)))
         while queue or running:
             while idle and queue:
                 slot, task_id = idle.pop(0), queue.popleft()
                 grace = STARTUP_GRACE if self._fresh[slot] else 0.0
                 ref = self._actors[slot].run.remote(tasks[task_id])
-                running[ref] = (slot, task_id, time.monotonic() + self.worker_timeout + grace)
-            timeout = max(0.01, min(min(d for _, _, d in running.values()) - time.monotonic(),
-                                    1.0))
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
+                running[ref] = [slot, task_id, time.monotonic() + grace, -1, None]
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
-                slot, task_id, _ = running.pop(ref)
+                slot, task_id, *_ = running.pop(ref)
                 try:
                     results = ray.get(ref)
                 except lost_errors as e:
@@ -468,15 +511,32 @@ class RayBackend(EvaluationBackend):
                     self._fresh[slot] = False
                     on_done(task_id, results)
                 idle.append(slot)
-            now = time.monotonic()
-            for ref, (slot, task_id, deadline) in list(running.items()):
-                if now > deadline:
-                    running.pop(ref)
-                    self._replace(slot)
-                    queue.appendleft(task_id)
-                    idle.append(slot)
-                    self._failed(attempts, task_id, "hung (no result within worker_timeout="
-                                 f"{self.worker_timeout:g} s)")
+            self._check_progress(running, queue, idle, attempts)
+
+    def _check_progress(self, running: dict[Any, list[Any]], queue: deque, idle: list[int],
+                        attempts: list[int]) -> None:
+        """Ask every busy actor how far it is; replace one silent for ``worker_timeout``."""
+        ray = self._ray
+        now = time.monotonic()
+        for ref, entry in list(running.items()):
+            slot, task_id, since, steps, probe = entry
+            if probe is not None:
+                done, _ = ray.wait([probe], timeout=0)
+                if done:
+                    with contextlib.suppress(Exception):  # a dead actor: its run ref says so
+                        count = ray.get(done[0])
+                        if count != steps:
+                            entry[2], entry[3] = max(since, now), count
+                    entry[4] = None
+            if entry[4] is None:
+                entry[4] = self._actors[slot].progress.remote()
+            if now - entry[2] > self.worker_timeout:
+                running.pop(ref)
+                self._replace(slot)
+                queue.appendleft(task_id)
+                idle.append(slot)
+                self._failed(attempts, task_id, "hung (no progress for worker_timeout="
+                             f"{self.worker_timeout:g} s)")
 
     def _replace(self, slot: int) -> None:
         with contextlib.suppress(Exception):

@@ -65,7 +65,7 @@ from worldmodels.config import (
     ControllerConfig,
     save_stage_config,
 )
-from worldmodels.control.agent import CONTROLLER_KIND, load_world_model
+from worldmodels.control.agent import CONTROLLER_KIND, load_world_model, world_action_repeat
 from worldmodels.control.backends import make_backend
 from worldmodels.control.controller import Controller
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
@@ -74,7 +74,7 @@ from worldmodels.seeds import training_track
 from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
 from worldmodels.utils.logs import RunLogger
 from worldmodels.utils.progress import progress_bar
-from worldmodels.utils.torch import derive_seed
+from worldmodels.utils.torch import auto_precision, derive_seed, resolve_device
 
 __all__ = [
     "new_strategy",
@@ -88,8 +88,10 @@ __all__ = [
 
 # Settings that change the search trajectory: they must not change within a run.
 TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
-                   "max_steps", "early_stop_steps", "batch_invariant", "env", "temperature",
-                   "init")
+                   "max_steps", "early_stop_steps", "early_stop", "batch_invariant", "env",
+                   "temperature", "init", "z")
+# What a checkpoint made before a setting existed was trained with.
+_OLD_DEFAULTS = {"early_stop": "tiles", "z": "mu"}
 
 
 # ----------------------------------------------------------------------------- CMA-ES
@@ -195,7 +197,7 @@ def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,
     extra = checkpoint.get("extra") or {}
     trained = extra.get("train") or {}
     if trained:  # checkpoints from before env/temperature existed were real-env runs
-        trained = {"env": "real", **trained}
+        trained = {"env": "real", **_OLD_DEFAULTS, **trained}
         if trained["env"] != "dream" or k.env != "dream":  # tau only matters in the dream
             trained.pop("temperature", None)
     diff = [(name, trained[name], getattr(k, name)) for name in TRAJECTORY_KEYS
@@ -248,12 +250,19 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         and ``env_steps_per_s`` (this invocation), ``wall_seconds``, ``worker_restarts``,
         ``checkpoint`` (best.pt, else last.pt), ``env``.
     :raises DataError: V or M missing or not fitting together.
-    :raises ConfigError: the run directory holds a CMA-ES run of other settings.
+    :raises ConfigError: the run directory holds a CMA-ES run of other settings, or
+        ``action_repeat`` differs from the world model's.
     """
     k = cfg.controller
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
     vae, mdnrnn, vae_model = load_world_model(run_dir, k.vae_model, "cpu")
+    repeat = world_action_repeat(run_dir)
+    if k.action_repeat not in (0, repeat):
+        raise ConfigError(f"controller.action_repeat={k.action_repeat} but the world model in "
+                          f"{run_dir} was built with action repeat {repeat} (collection's k): "
+                          f"C must decide at M's pace; use 0 (or {repeat}), or collect and "
+                          "train V and M with the k you want")
     world = {"vae_model": vae_model, "vae": _stage_identity(run_dir, vae_model),
              "mdnrnn": _stage_identity(run_dir, "mdnrnn")}
     controller_kwargs = {"hidden_layer": k.hidden_layer, "use_hidden_state": k.use_hidden_state}
@@ -267,15 +276,28 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     manager = CheckpointManager(stage_dir, CONTROLLER_KIND, metric="eval/mean", mode="max")
     checkpoint = manager.latest()
     generation, history, wall_before = 0, [], 0.0
+    real_frames = [0]  # CarRacing frames stepped by this run so far (fitness + held-out)
     if checkpoint is not None:
         _check_compatible(checkpoint, k, world, stage_dir)
         extra = checkpoint["extra"]
         es = strategy_from_tensor(extra["es"])
+        agent_settings = extra.get("agent") or {"precision": "fp32"}  # fp32 before it existed
         generation, history = int(checkpoint["step"]), list(extra.get("history", []))
         wall_before = float(extra.get("wall_seconds", 0.0))
+        real_frames[0] = int(extra.get("env_frames", 0))
         restore_rng(checkpoint)
     else:
         es = new_strategy(num_params, k, initial_mean(k.init, controller) if k.init else None)
+        agent_settings = {}
+    # V's precision: 'auto' means the machine's choice when a run starts, then the run's.
+    precision = k.precision
+    if precision == "auto":
+        precision = agent_settings.get("precision") or auto_precision(resolve_device(k.device))
+    elif agent_settings.get("precision", precision) != precision:
+        raise ConfigError(f"{stage_dir} was trained with V in {agent_settings['precision']}, "
+                          f"not {precision}: pass --set controller.precision=auto (or "
+                          f"{agent_settings['precision']}), or use another --run")
+    agent_settings = {"precision": precision, "z": k.z, "action_repeat": repeat}
 
     env_note = ENV_NOTE if k.env == "real" else (
         f"M's dream (tau={k.temperature:g}), held-out scores in {ENV_NOTE}")
@@ -297,7 +319,8 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         return summary([], [], 0)  # finished earlier: nothing to do
 
     bundle = make_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
-                         batch_invariant=k.batch_invariant)
+                         batch_invariant=k.batch_invariant, action_repeat=repeat,
+                         precision=precision, z=k.z)
     heldout = heldout_seeds(k.seed, k.eval_episodes)
     dream = None
     if k.env == "dream":
@@ -327,6 +350,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             """The held-out score of one parameter vector (no early termination)."""
             held = backend.run(params[None], [EpisodeSpec(j, 0, s) for j, s in enumerate(heldout)],
                                max_steps=k.max_steps, early_stop_steps=0)
+            real_frames[0] += sum(x.steps for x in held)
             r = np.array([x.episode_return for x in held])
             return {"eval/mean": float(r.mean()), "eval/std": float(r.std()),
                     "eval/min": float(r.min()), "eval/max": float(r.max())}
@@ -335,7 +359,8 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             # the baseline: the start point (the zero controller) on the held-out tracks
             baseline = score_mean(np.asarray(es.mean, dtype=np.float64))
             logger.log(0, baseline)
-            history.append({"generation": 0, "eval": baseline["eval/mean"]})
+            history.append({"generation": 0, "eval": baseline["eval/mean"],
+                            "env_frames": real_frames[0]})
         while generation < k.generations:
             t0 = time.perf_counter()
             # -- ask: P candidates; the same T fresh tracks for all of them
@@ -348,9 +373,11 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                 specs = [EpisodeSpec(c * T + j, c, seeds[j]) for c in range(P)
                          for j in range(T)]
                 results = backend.run(solutions, specs, max_steps=k.max_steps,
-                                      early_stop_steps=k.early_stop_steps)
+                                      early_stop_steps=k.early_stop_steps,
+                                      early_stop=k.early_stop)
                 returns = np.array([r.episode_return for r in results]).reshape(P, T)
                 steps = sum(r.steps for r in results)
+                real_frames[0] += steps
                 early_stopped = float(np.mean([r.stopped_early for r in results]))
             else:
                 returns = dream_rollout_returns(
@@ -373,7 +400,9 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                 "charts/sigma": float(es.sigma),
                 "charts/generation_seconds": eval_seconds,
                 "charts/env_steps_per_s": steps / max(eval_seconds, 1e-9),
+                "charts/env_frames_per_s": steps / max(eval_seconds, 1e-9),
                 "charts/episode_steps": steps / (P * T),
+                "charts/env_frames": real_frames[0],
                 "charts/early_stopped": early_stopped,
                 "charts/worker_restarts": backend.restarts,
             }
@@ -388,6 +417,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             if due or generation == k.generations:
                 metrics.update(score_mean(mean_params))
                 record["eval"] = metrics["eval/mean"]
+            record["env_frames"] = real_frames[0]
             history.append(record)
             logger.log(generation, {**scalars, **{m: v for m, v in metrics.items()
                                                   if m.startswith("eval/")}})
@@ -397,6 +427,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             manager.save(model=controller, model_config=controller.hparams, step=generation,
                          metrics=metrics, extra={
                              "es": strategy_to_tensor(es), "train": dataclasses.asdict(k),
+                             "agent": agent_settings, "env_frames": real_frames[0],
                              "vae_model": vae_model, "world_model": world,
                              "history": history,
                              "wall_seconds": wall_before + time.perf_counter() - t_start})

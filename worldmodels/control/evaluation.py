@@ -18,16 +18,25 @@ The environment is ``worldmodels/FastCarRacing-v3``, bit-identical to gymnasium'
 ``CarRacing-v3`` (observations, rewards, termination) and faster, with CarRacing-v3's
 1,000-step limit: its returns *are* CarRacing-v3 returns.
 
-**Early termination** (``early_stop_steps = K > 0``, training only). An episode whose car
-reached no new track tile during the last K steps is stopped and scored as if it never reached
-another: its return so far minus CarRacing's 0.1 per remaining step up to ``max_steps``. That
-is its true return when the car stays lost (the common case: off the track, spinning, or
-stopped) and does not leave the playfield (-100). The estimate is biased low for a car that
-would have found the track again, and biased high for one that would have left the playfield;
-a candidate that stops moving scores what standing still really scores, so the option gives no
-incentive to stop early (scoring the return so far would: a lost car would then save its
-remaining time penalty, up to 100 points). The held-out score and ``evaluate.py`` never stop
-early.
+**Action repeat** (``action_repeat = k``, a property of the world model: collection, M and C
+all use the same k). The agent decides every k frames and its action is held for k frames;
+only the frame it sees is drawn (:func:`~worldmodels.envs.car_racing.step_repeated`: rewards
+and drawn frames bit-identical to stock CarRacing-v3 with repeated actions). Every count
+here (``max_steps``, ``EpisodeResult.steps``, the early-termination limits) is in *frames*,
+CarRacing's 50 Hz physics steps, whatever k.
+
+**Early termination** (``early_stop_steps = N > 0``, training only), by one of two rules:
+``tiles`` (an episode whose car reached no new track tile during the last N frames) or
+``negative`` (N consecutive frames of negative reward after the 50-frame zoom-in, the rule of
+the attention agent (Tang, Nguyen & Ha 2020) and of Risi & Stanley's GA (2019), who used
+N = 20). A stopped episode is scored as if the car never reached another tile: its return so
+far minus CarRacing's 0.1 per remaining frame up to ``max_steps``. That is its true return
+when the car stays lost (the common case: off the track, spinning, or stopped) and does not
+leave the playfield (-100). The estimate is biased low for a car that would have found the
+track again, and biased high for one that would have left the playfield; a candidate that
+stops moving scores what standing still really scores, so the option gives no incentive to
+stop early (scoring the return so far would: a lost car would then save its remaining time
+penalty, up to 100 points). The held-out score and ``evaluate.py`` never stop early.
 """
 
 from __future__ import annotations
@@ -97,12 +106,14 @@ class EpisodeResult:
 
 
 def make_env() -> Any:
-    """``gymnasium.make("worldmodels/FastCarRacing-v3")``: CarRacing-v3 with its time limit."""
+    """``gymnasium.make("worldmodels/FastCarRacing-v3")``: CarRacing-v3 with its 1,000-frame
+    time limit (without the passive env checker, which would inspect the ``None``
+    observation of a frame skipped by action repeat)."""
     import gymnasium as gym
 
     import worldmodels.envs as envs
 
-    return gym.make(envs.FAST_ENV_ID)
+    return gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
 
 
 class EnvPool:
@@ -122,6 +133,13 @@ class EnvPool:
         self.envs = []
 
 
+#: early-termination rules (training only; see the module docstring)
+EARLY_STOP_RULES = ("tiles", "negative")
+#: frames of CarRacing's zoom-in animation (1 s at 50 FPS), never counted by the
+#: ``negative`` rule
+ZOOM_FRAMES = 50
+
+
 def run_episodes(
     agent: WorldModelAgent,
     specs: Sequence[EpisodeSpec],
@@ -130,6 +148,8 @@ def run_episodes(
     controller_kwargs: dict[str, Any] | None = None,
     max_steps: int = 1000,
     early_stop_steps: int = 0,
+    early_stop: str = "tiles",
+    action_repeat: int = 1,
     batch_size: int = 0,
     envs: EnvPool | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -140,13 +160,24 @@ def run_episodes(
     :param specs: the episodes.
     :param params: (K, N) flat controller parameters; spec ``candidate = k`` uses row k.
     :param controller_kwargs: ``hidden_layer`` / ``use_hidden_state`` of those controllers.
-    :param max_steps: steps per episode at most (CarRacing-v3 also truncates at 1000).
-    :param early_stop_steps: K > 0 stops an episode after K steps without a new tile (see the
+    :param max_steps: frames per episode at most (CarRacing-v3 also truncates at 1000).
+    :param early_stop_steps: N > 0 stops an episode early by rule ``early_stop`` (see the
         module docstring); 0: off.
+    :param early_stop: ``tiles`` (no new track tile for N frames) or ``negative`` (N
+        consecutive frames of negative reward after the zoom).
+    :param action_repeat: k: the agent decides every k frames and the action is held in
+        between (only the frames it sees are drawn, :func:`~worldmodels.envs.car_racing.
+        step_repeated`); 1 is the paper.
     :param envs: environments to reuse (default: made and closed here).
-    :param on_step: called after each lockstep step with the number of steps of the group.
-    :return: one result per spec, in the order of ``specs``.
+    :param on_step: called after each lockstep decision with the number of decisions of the
+        group so far (the workers' heartbeat).
+    :return: one result per spec, in the order of ``specs``; ``steps`` counts frames.
     """
+    if early_stop not in EARLY_STOP_RULES:
+        raise ConfigError(f"early_stop must be one of {', '.join(EARLY_STOP_RULES)}, got "
+                          f"{early_stop!r}")
+    if action_repeat < 1:
+        raise ConfigError(f"action_repeat must be >= 1, got {action_repeat}")
     own = envs is None
     pool = envs if envs is not None else EnvPool()
     cache: dict[int, Controller] = {}
@@ -162,27 +193,54 @@ def run_episodes(
 
     results: list[EpisodeResult] = []
     size = batch_size if batch_size > 0 else max(len(specs), 1)
+    rule = _EarlyStop(early_stop, early_stop_steps)
     try:
         for start in range(0, len(specs), size):
             group = list(specs[start:start + size])
             results += _lockstep(agent, group, [controller(s.candidate) for s in group],
-                                 pool.take(len(group)), max_steps, early_stop_steps, on_step)
+                                 pool.take(len(group)), max_steps, rule, action_repeat, on_step)
     finally:
         if own:
             pool.close()
     return results
 
 
+class _EarlyStop:
+    """An early-termination rule, fed frame by frame (see the module docstring).
+
+    A frame's reward is positive exactly when the car reached a new tile in it (a tile is
+    worth 1000/N > 0.1 points; every other frame costs 0.1, leaving the playfield -100), so
+    both rules read the rewards alone: ``tiles`` counts frames since the last positive
+    reward (from the episode's start), ``negative`` counts consecutive negative frames
+    after the zoom-in."""
+
+    def __init__(self, rule: str, limit: int) -> None:
+        self.rule, self.limit = rule, limit
+        self.count: list[int] = []
+
+    def start(self, n: int) -> None:
+        self.count = [0] * n
+
+    def update(self, i: int, frame: int, reward: float) -> bool:
+        """Frame ``frame`` (1-based) of episode ``i`` gave ``reward``: stop here?"""
+        if self.rule == "tiles":
+            self.count[i] = 0 if reward > 0 else self.count[i] + 1
+        elif frame > ZOOM_FRAMES:
+            self.count[i] = self.count[i] + 1 if reward < 0 else 0
+        return self.limit > 0 and self.count[i] >= self.limit
+
+
 def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: list[Controller],
-              envs: list[Any], max_steps: int, early_stop_steps: int,
+              envs: list[Any], max_steps: int, rule: _EarlyStop, action_repeat: int,
               on_step: Callable[[int], None] | None) -> list[EpisodeResult]:
+    from worldmodels.envs.car_racing import step_repeated
+
     n = len(specs)
-    agent.reset(n)
+    agent.reset(n, seeds=[int(s.seed) for s in specs])  # z="sample": noise by track
     obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
     returns = [0.0] * n
-    steps = [0] * n
-    tiles = [0] * n
-    last_tile = [0] * n
+    frames = [0] * n
+    rule.start(n)
     results: list[EpisodeResult | None] = [None] * n
     active = list(range(n))
     t = 0
@@ -191,19 +249,21 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
                             controllers=[controllers[i] for i in active])
         still = []
         for j, i in enumerate(active):
-            obs[i], reward, terminated, truncated, _ = envs[i].step(actions[j])
-            returns[i] += float(reward)
-            steps[i] += 1
-            visited = int(envs[i].unwrapped.tile_visited_count)
-            if visited > tiles[i]:
-                tiles[i], last_tile[i] = visited, steps[i]
-            done = terminated or truncated or steps[i] >= max_steps
-            early = (not done and early_stop_steps > 0
-                     and steps[i] - last_tile[i] >= early_stop_steps)
+            repeat = min(action_repeat, max_steps - frames[i])
+            obs[i], _, ran, terminated, truncated, info = step_repeated(envs[i], actions[j],
+                                                                        repeat)
+            early = False
+            for reward in info["frame_rewards"]:  # frame by frame, as without repeat
+                returns[i] += reward
+                frames[i] += 1
+                early = rule.update(i, frames[i], reward) or early
+            done = terminated or truncated or frames[i] >= max_steps
+            early = early and not done
             if early:
-                returns[i] += TIME_PENALTY * (max_steps - steps[i])
+                returns[i] += TIME_PENALTY * (max_steps - frames[i])
             if done or early:
-                results[i] = EpisodeResult(specs[i].key, returns[i], steps[i], tiles[i], early)
+                tiles = int(envs[i].unwrapped.tile_visited_count)
+                results[i] = EpisodeResult(specs[i].key, returns[i], frames[i], tiles, early)
             else:
                 still.append(i)
         active = still
@@ -218,16 +278,25 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
 
 def make_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
                 controller_kwargs: dict[str, Any] | None = None, device: str = "cpu",
-                batch_invariant: bool = True) -> bytes:
+                batch_invariant: bool = True, action_repeat: int = 1,
+                precision: str = "fp32", z: str = "mu") -> bytes:
     """V and M (configs and weights) and the agent's settings, serialised once for the
     workers (``torch.save`` of plain types: a worker needs no access to the run directory,
-    so Ray nodes need not share its disk)."""
+    so Ray nodes need not share its disk).
+
+    :param action_repeat: frames each decision is held for (the world model's k).
+    :param precision: V's encoder in ``fp32``, ``bf16`` or ``auto`` (decided by each
+        worker's machine), and ``z``: ``mu`` or ``sample`` (see
+        :class:`~worldmodels.control.agent.WorldModelAgent`)."""
     bundle = {
         "vae": {"hparams": dict(vae.hparams), "state_dict": vae.state_dict()},
         "mdnrnn": {"hparams": dict(mdnrnn.hparams), "state_dict": mdnrnn.state_dict()},
         "controller_kwargs": dict(controller_kwargs or {}),
         "device": str(device),
         "batch_invariant": bool(batch_invariant),
+        "action_repeat": int(action_repeat),
+        "precision": str(precision),
+        "z": str(z),
     }
     buf = io.BytesIO()
     torch.save(bundle, buf)
@@ -252,19 +321,25 @@ class WorkerState:
         mdnrnn = MDNRNN(**data["mdnrnn"]["hparams"])
         mdnrnn.load_state_dict(data["mdnrnn"]["state_dict"])
         self.controller_kwargs: dict[str, Any] = data["controller_kwargs"]
+        self.action_repeat = int(data.get("action_repeat", 1))
         self.agent = WorldModelAgent(vae, mdnrnn, device=resolve_device(device or data["device"]),
-                                     batch_invariant=data["batch_invariant"])
+                                     batch_invariant=data["batch_invariant"],
+                                     precision=data.get("precision", "fp32"),
+                                     z=data.get("z", "mu"))
         self.envs = EnvPool()
 
     def run(self, task: dict[str, Any], on_step: Callable[[int], None] | None = None
             ) -> list[tuple]:
         """Run one task: ``{"params": (k, N), "specs": [(key, candidate, seed)], "max_steps",
-        "early_stop_steps"}`` in one lockstep group; results as plain tuples."""
+        "early_stop_steps", "early_stop"}`` in one lockstep group; results as plain tuples.
+        ``on_step`` is called after every lockstep decision (the heartbeat)."""
         specs = [EpisodeSpec(*s) for s in task["specs"]]
         results = run_episodes(self.agent, specs, task["params"],
                                controller_kwargs=self.controller_kwargs,
                                max_steps=task["max_steps"],
-                               early_stop_steps=task["early_stop_steps"], envs=self.envs,
+                               early_stop_steps=task["early_stop_steps"],
+                               early_stop=task.get("early_stop", "tiles"),
+                               action_repeat=self.action_repeat, envs=self.envs,
                                on_step=on_step)
         return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early) for r in results]
 
@@ -354,15 +429,19 @@ def evaluate(
 
 
 def _fault_hook() -> Callable[[int], None] | None:
-    """Test hook: ``WORLDMODELS_FAULT=crash:PATH`` (or ``hang:PATH``) makes the first worker
-    that reaches lockstep step 3 of a task while ``PATH`` does not exist create it and die
-    (``os._exit``) or hang. Only evaluation workers read it, never the main process."""
+    """Test hook: ``WORLDMODELS_FAULT=crash:PATH`` (or ``hang:PATH``, ``slow:PATH``) makes the
+    first worker that reaches lockstep step 3 of a task while ``PATH`` does not exist create
+    it and die (``os._exit``), hang, or from then on take :data:`SLOW_STEP_SECONDS` longer per
+    step (a slow or busy machine). Only evaluation workers read it, never the main process."""
     spec = os.environ.get("WORLDMODELS_FAULT", "")
     if ":" not in spec:
         return None
     mode, path = spec.split(":", 1)
+    slow = [False]
 
     def hook(t: int) -> None:
+        if slow[0]:
+            time.sleep(SLOW_STEP_SECONDS)
         if t != 3:
             return
         try:
@@ -375,6 +454,11 @@ def _fault_hook() -> Callable[[int], None] | None:
         if mode == "hang":
             while True:
                 time.sleep(3600)
+        if mode == "slow":
+            slow[0] = True
 
     return hook
 
+
+#: the extra seconds per lockstep step of a ``slow`` test fault
+SLOW_STEP_SECONDS = 0.25

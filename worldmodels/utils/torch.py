@@ -130,6 +130,31 @@ def derive_seed(seed: int, *keys: int | str, bits: int = 32) -> int:
     return value & ((1 << bits) - 1)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, read from
+    ``/proc/cpuinfo``). Without them, bf16 kernels emulate it and run slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def auto_precision(device: str | torch.device) -> str:
+    """``"bf16"`` where the device computes it natively (CUDA with bf16 support, a CPU with
+    AVX512-BF16/AMX), else ``"fp32"``: what ``precision = "auto"`` means for inference."""
+    device = _as_device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
 def autocast(
     device: str | torch.device, enabled: bool = True
 ) -> contextlib.AbstractContextManager[None]:
