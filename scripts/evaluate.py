@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from worldmodels.cli import run_cli
+from worldmodels.cli import run_cli, summary
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 from worldmodels.seeds import training_overlap_warning
 
@@ -35,7 +35,7 @@ def single_threaded_blas() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
+    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
     parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
                         help=f"run directory holding V, M and controller/ (default: "
                              f"{DEFAULT_RUN}, here or in the repository root)")

@@ -15,13 +15,13 @@ only replaced with --overwrite. See worldmodels/export.py.
 
 import argparse
 
-from worldmodels.cli import run_cli
+from worldmodels.cli import run_cli, summary
 
 
 def main() -> int:
     from worldmodels.export import DEFAULT_OUT
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
+    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
     parser.add_argument("--run", required=True, metavar="DIR",
                         help="the trained run: V, M (mdnrnn/), controller/ and config.json")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",

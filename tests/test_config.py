@@ -102,3 +102,21 @@ def test_cli_flags_override_preset_and_unknown_flag_fails(tmp_path):
                         "--set", "collect.bogus=1"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown key collect.bogus" in r.stderr
+
+
+def test_preset_help_lists_every_preset_in_configs():
+    from worldmodels.cli import build_parser
+
+    text = " ".join(build_parser("x", []).format_help().split())
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    assert "carracing-cpu" in names
+    # argparse may wrap a line after a hyphen ("carracing-" / "cpu")
+    assert f"a name in configs/ ({', '.join(names)})" in text.replace("- ", "-")
+
+
+def test_summary_is_the_first_paragraph_on_one_line():
+    from worldmodels.cli import summary
+
+    assert summary("Ship a run as a small\ndirectory (for watch.py).\n\n    usage") == (
+        "Ship a run as a small directory (for watch.py).")
+    assert summary(None) == ""

@@ -108,3 +108,51 @@ def test_dream_gif_two_episodes(run, tmp_path):
     frames = iio.imread(out, index=None)
     assert frames.shape[1:] == (416, 384, 3)
     assert 2 <= len(frames) <= 8  # each episode: reset frame + up to 3 steps (M may end it)
+
+
+def _run_with_controller(path: Path) -> Path:
+    run = save_random_world_model(path, hidden_dim=H, seed=3)
+    c = Controller(latent_dim=32, hidden_dim=H)
+    save_checkpoint(run / "controller" / "best.pt", kind="controller", model=c,
+                    model_config=c.hparams, step=0, extra={"vae_model": "vae"})
+    return run
+
+
+def test_without_save_never_writes_into_an_exported_run(tmp_path, monkeypatch, capsys):
+    """No display, no --save: a run you trained gets <run>/videos/; an exported run (its
+    MANIFEST.json lists every file; the shipped pretrained/carracing is git-tracked) is left
+    as it was and the video goes to ./runs/watch/."""
+    from helpers import ROOT
+
+    from worldmodels.control.watch import default_video, main
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # no display
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    exported = _run_with_controller(tmp_path / "exported")
+    (exported / "MANIFEST.json").write_text("{}")
+    before = sorted(p.relative_to(exported) for p in exported.rglob("*"))
+    assert main(["--run", str(exported), "--max-steps", "2", "--no-side-by-side"]) == 0
+    assert sorted(p.relative_to(exported) for p in exported.rglob("*")) == before
+    video = cwd / "runs" / "watch" / "exported_real_seed0.mp4"
+    assert len(mp4_frames(video)) == 3 and f"writing {Path('runs/watch')}" in capsys.readouterr().err
+
+    trained = _run_with_controller(tmp_path / "trained")
+    assert main(["--run", str(trained), "--max-steps", "2", "--no-side-by-side",
+                 "--seed", "4"]) == 0
+    assert len(mp4_frames(trained / "videos" / "watch_real_seed4.mp4")) == 3
+
+    shipped = ROOT / "pretrained" / "carracing"
+    if (shipped / "MANIFEST.json").exists():
+        assert shipped.resolve() not in default_video(shipped, "real", 0).resolve().parents
+
+
+def test_help_descriptions_are_whole_sentences(capsys):
+    from worldmodels.control.watch import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "inside M's dream (Ha & Schmidhuber 2018, arXiv:1803.10122)." in out
+    assert "runs/watch/" in out  # where a video goes without --save

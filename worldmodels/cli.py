@@ -15,11 +15,17 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from worldmodels.config import SECTIONS, Config, load_config
+from worldmodels.config import PRESET_DIR, SECTIONS, Config, load_config
 from worldmodels.errors import WorldModelsError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+def summary(doc: str | None) -> str:
+    """A script's ``--help`` description: the first paragraph of its docstring as one line
+    (a first sentence may wrap onto the next line; its first line alone would be cut)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 def _flag(name: str) -> str:
@@ -36,8 +42,9 @@ def build_parser(description: str, sections: Sequence[str], run_required: bool =
     )
     parser.add_argument("--run", required=run_required, metavar="DIR",
                         help="run directory (created if needed); every stage reads and writes here")
+    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none found"
     parser.add_argument("--preset", metavar="NAME|FILE",
-                        help="config preset: a name in configs/ (smoke, carracing) or a .toml path")
+                        help=f"config preset: a name in configs/ ({presets}) or a .toml path")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override any config value (repeatable)")
     for section in sections:

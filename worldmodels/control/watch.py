@@ -1,13 +1,18 @@
 """Watch a run's agent drive: in the real CarRacing-v3 or inside M's dream (Ha &
-Schmidhuber 2018, arXiv:1803.10122): the logic of ``scripts/watch.py``.
+Schmidhuber 2018, arXiv:1803.10122).
+
+The logic of ``scripts/watch.py``::
 
     python scripts/watch.py                                   # pretrained/carracing, real env
     python scripts/watch.py --run runs/demo --env dream --tau 1.15 --episodes 3
     python scripts/watch.py --run runs/demo --env real --save real.mp4 --seed 7
 
 A live window when there is a display (pygame, as CarRacing's human mode; Esc or q stops),
-a video file otherwise or with --save (.mp4 or .gif; default <run>/videos/watch_<env>_
-seed<S>.mp4). --env real shows, side by side, the real frame, V's reconstruction of it and
+a video file otherwise or with --save (.mp4 or .gif); without --save the file is
+<run>/videos/watch_<env>_seed<S>.mp4, or runs/watch/<run name>_<env>_seed<S>.mp4 under the
+current directory for an exported run (the shipped pretrained/carracing: its files are
+git-tracked and listed in its MANIFEST.json, so nothing is written there). --env real
+shows, side by side, the real frame, V's reconstruction of it and
 M's prediction of it from the previous step (the mean of the most likely mixture component,
 decoded by V); --env dream shows V's decoding of the dream's z (the agent acts on M's
 [z, h]). The header gives the episode, the step and the score. Episodes use seeds S, S+1,
@@ -22,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from worldmodels.cli import summary
 from worldmodels.errors import WorldModelsError
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 
@@ -30,7 +36,7 @@ SINGLE = 384  # single-view size (96 x 4, 64 x 6)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=None)
+    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
     parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
                         help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN}, "
                              "here or in the repository root)")
@@ -39,7 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=1, help="episodes to show (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="first seed: S, S+1, ... (default: 0)")
     parser.add_argument("--save", metavar="FILE",
-                        help="write the video here (.mp4 or .gif) instead of opening a window")
+                        help="write the video here (.mp4 or .gif) instead of opening a window "
+                             "(without a display and without --save: <run>/videos/watch_<env>_"
+                             "seed<S>.mp4, or ./runs/watch/<run name>_<env>_seed<S>.mp4 for an "
+                             "exported run such as the shipped pretrained/carracing)")
     parser.add_argument("--tau", type=float, default=None, metavar="T",
                         help="dream temperature (default: the one M's training recorded, else 1)")
     parser.add_argument("--max-steps", type=int, default=1000,
@@ -122,6 +131,17 @@ def dream_episode(agent: Any, env: Any, seed: int, label: str) -> Iterator[tuple
 # ------------------------------------------------------------------------------ main
 
 
+def default_video(run: Path, env: str, seed: int) -> Path:
+    """Where a video goes without ``--save``: ``<run>/videos/`` of a run you trained; for an
+    exported run (``MANIFEST.json``: the shipped ``pretrained/carracing``, git-tracked, every
+    file listed with its hash) ``runs/watch/`` under the current directory, never the export."""
+    from worldmodels.export import MANIFEST
+
+    if (run / MANIFEST).exists():
+        return Path("runs") / "watch" / f"{run.resolve().name}_{env}_seed{seed}.mp4"
+    return run / "videos" / f"watch_{env}_seed{seed}.mp4"
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -160,7 +180,7 @@ def _main(argv: list[str] | None = None) -> int:
                          device=args.device, max_steps=args.max_steps)
     window_ok = save is None and has_display()
     if save is None and not window_ok:
-        save = run / "videos" / f"watch_{args.env}_seed{args.seed}.mp4"
+        save = default_video(run, args.env, args.seed)
         print(f"no display: writing {save}", file=sys.stderr)
 
     writer = VideoWriter(save, args.fps) if save is not None else None
