@@ -213,3 +213,86 @@ def test_ctrl_c_stops_workers_at_once_and_resumes(reference, tmp_path):
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert_same_data(reference, tmp_path / DATASET_NAME)
+
+
+def _collect_script(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """scripts/collect_rollouts.py in this process: (exit status, stderr)."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["collect_rollouts.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(SCRIPTS / "collect_rollouts.py"), run_name="__main__")
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_corrupt_chunks_are_a_one_line_error_exit_2(tmp_path, monkeypatch, capsys):
+    """A real rollouts.h5 whose frame chunks no longer decompress (metadata intact, so it
+    opens): extending it, or re-running on it, is one line and exit 2, not a traceback."""
+    path = collect(cfg(episodes=2, max_steps=20, workers=1), tmp_path, progress=False)
+    with h5py.File(path, "r") as f:
+        ds = f["episodes/000000/frames"]
+        chunks = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    with open(path, "r+b") as fh:
+        for c in chunks:  # overwrite the gzip streams past their headers
+            fh.seek(c.byte_offset + 10)
+            fh.write(b"\xff" * (c.size - 10))
+    with h5py.File(path, "r") as f, pytest.raises(OSError):
+        f["episodes/000000/frames"][0]  # really corrupt
+    for episodes in (2, 3):
+        code, err = _collect_script(monkeypatch, capsys, "--run", tmp_path, "--episodes",
+                                    episodes, "--max-steps", 20, "--seed", 5, "--workers", 1)
+        assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+        assert err.startswith("error: cannot read episodes/000000/frames of ")
+        assert "collect again" in err
+
+
+def test_no_lock_file_stays_behind(tmp_path):
+    collect(cfg(episodes=1, max_steps=5, workers=1), tmp_path, progress=False)
+    assert not (tmp_path / ".collect.lock").exists()
+    with pytest.raises(WorldModelsError, match="other settings"):  # an error: removed too
+        collect(cfg(episodes=1, max_steps=6, workers=1), tmp_path, progress=False)
+    assert not (tmp_path / ".collect.lock").exists()
+
+
+def test_exclusive_lock_is_retaken_on_a_replaced_file(tmp_path, monkeypatch):
+    """The holder unlinks the lock on the way out; a process that opened the old file just
+    before must not lock that orphan while a third holds the new file at the same path."""
+    import fcntl
+
+    import worldmodels.utils.io as io
+
+    lock = tmp_path / "x.lock"
+    with io.exclusive_lock(lock, "busy"):
+        assert lock.exists()
+        with pytest.raises(WorldModelsError, match="^busy$"), io.exclusive_lock(lock, "busy"):
+            pass
+    assert not lock.exists()
+
+    orphan = os.open(tmp_path / "old.lock", os.O_RDWR | os.O_CREAT)
+    os.unlink(tmp_path / "old.lock")  # opened, then unlinked by the previous holder
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)  # the third process, on the new file
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    real_open, opened = os.open, []
+
+    def open_orphan_first(path, *args):
+        opened.append(path)
+        return os.dup(orphan) if len(opened) == 1 else real_open(path, *args)
+
+    monkeypatch.setattr(io.os, "open", open_orphan_first)
+    try:
+        with pytest.raises(WorldModelsError, match="busy"), io.exclusive_lock(lock, "busy"):
+            pass
+        assert len(opened) == 2  # it noticed the orphan and re-opened the path
+    finally:
+        os.close(holder)
+        os.close(orphan)
+
+
+def test_run_that_is_a_file_says_not_a_directory(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _collect_script(monkeypatch, capsys, "--run", blocker, "--episodes", 1)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {blocker}: {blocker} is not a directory")
+    assert "File exists" not in err
+    assert blocker.read_text() == "x"

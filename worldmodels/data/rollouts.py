@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -52,8 +51,8 @@ from worldmodels.config import CollectConfig, Config
 from worldmodels.errors import DataError, WorldModelsError
 from worldmodels.utils.io import (
     atomic_path,
-    describe_os_error,
     ensure_dir,
+    exclusive_lock,
     remove_stale_tmp,
 )
 from worldmodels.utils.parallel import (
@@ -399,23 +398,9 @@ def consolidate(run_dir: Path, cfg: CollectConfig, episodes: int,
     return final
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    lock_path = run_dir / ".collect.lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise WorldModelsError(describe_os_error(e, lock_path)) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise WorldModelsError(
-                f"another collect_rollouts.py is writing to {run_dir}; wait for it or use another --run"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+def _run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(run_dir / ".collect.lock", f"another collect_rollouts.py is writing "
+                          f"to {run_dir}; wait for it or use another --run")
 
 
 def collect(cfg: Config, run_dir: str | os.PathLike[str], overwrite: bool = False,
@@ -513,7 +498,11 @@ def frame_grid(path: str | os.PathLike[str], out: str | os.PathLike[str],
         for k in range(min(episodes, n)):
             ds = f[f"episodes/{episode_name(k)}/frames"]
             idx = np.linspace(0, len(ds) - 1, frames_per_episode).round().astype(int)
-            rows.append(ds[np.unique(idx)] if len(np.unique(idx)) == len(idx) else ds[:][idx])
+            try:
+                rows.append(ds[np.unique(idx)] if len(np.unique(idx)) == len(idx) else ds[:][idx])
+            except (OSError, RuntimeError) as e:  # a chunk that does not decompress
+                raise DataError(f"cannot read episodes/{episode_name(k)}/frames of {path} "
+                                f"(corrupt or truncated: {e}); delete it and collect again") from None
     frames = np.concatenate(rows)
     return save_png(make_grid(frames, ncols=frames_per_episode), out, scale=2)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -103,6 +104,10 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise WorldModelsError(f"cannot write {path}: {blocker} is not a directory (a file "
+                               "is in the way); pass a directory, created if needed") from None
     except OSError as e:
         raise WorldModelsError(describe_os_error(e, path)) from e
     if not os.access(path, os.W_OK | os.X_OK):
@@ -121,3 +126,39 @@ def remove_stale_tmp(directory: str | os.PathLike[str]) -> int:
                     p.unlink()
                     n += 1
     return n
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created) or raise
+    ``WorldModelsError(busy)`` at once if another process holds it; the file is removed
+    when the block ends, so no empty lock file stays behind.
+
+    The lock is re-taken if the file was replaced or removed between opening and locking
+    (its previous holder unlinked it on the way out): the lock held is always on the file
+    that ``path`` names.
+    """
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorldModelsError(describe_os_error(e, path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise WorldModelsError(busy) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # still locked: a waiting process re-opens the path after this
+        os.close(fd)
