@@ -441,3 +441,23 @@ def test_dream_samples_at_tau_have_the_moments_of_ms_mixture(tau):
     assert ((ref.var(0) / var) - 1).abs().max() < 0.08
     p = [ks_2samp(z1[:, j].numpy(), ref[:, j].numpy()).pvalue for j in range(D)]
     assert min(p) > 1e-4  # 32 tests: a real difference gives p ~ 0
+
+
+def test_readme_make_lines_work_after_importing_only_gymnasium(run):
+    """Gymnasium 1.x loads no plugins: the README's ids name the module to import
+    ("worldmodels.envs:worldmodels/Dream-v0"), so a fresh interpreter that imported only
+    gymnasium makes both envs."""
+    readme = (ROOT / "README.md").read_text()
+    assert 'gymnasium.make("worldmodels.envs:worldmodels/Dream-v0", run=DIR' in readme
+    code = ("import sys, gymnasium\n"
+            "assert 'worldmodels' not in sys.modules\n"
+            "env = gymnasium.make('worldmodels.envs:worldmodels/Dream-v0', run=sys.argv[1], "
+            "temperature=1.0)\n"
+            "obs, _ = env.reset(seed=0)\n"
+            "assert env.step(env.action_space.sample())[0].shape == obs.shape\n"
+            "fast = gymnasium.make('worldmodels.envs:worldmodels/FastCarRacing-v3')\n"
+            "assert fast.reset(seed=0)[0].shape == (96, 96, 3)\n"
+            "assert gymnasium.make('worldmodels/Dream-v0', run=sys.argv[1]).unwrapped.dream\n")
+    r = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -2,8 +2,15 @@
 
 Importing this package registers ``worldmodels/FastCarRacing-v3`` with gymnasium (same
 time limit and reward threshold as ``CarRacing-v3``) and ``worldmodels/Dream-v0``
-(:class:`~worldmodels.envs.dream.DreamEnv`: ``gymnasium.make("worldmodels/Dream-v0",
-run=DIR, temperature=1.0, render_mode=...)``). The dream needs torch: it is imported on
+(:class:`~worldmodels.envs.dream.DreamEnv`). Gymnasium 1.x loads no plugins, so a program
+that has imported only ``gymnasium`` names this module in the id, and gymnasium imports it
+first::
+
+    gymnasium.make("worldmodels.envs:worldmodels/Dream-v0", run=DIR, temperature=1.0,
+                   render_mode=...)
+    gymnasium.make("worldmodels.envs:worldmodels/FastCarRacing-v3")
+
+(after ``import worldmodels.envs`` the bare ids work too). The dream needs torch: it is imported on
 first use (``worldmodels.envs.DreamEnv``, ``BatchedDream``, ``dream_rollout_returns``), so
 that importing this package, as collection workers do, does not import torch.
 """
