@@ -16,6 +16,7 @@ import json
 import math
 import runpy
 import shutil
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -333,18 +334,25 @@ def test_line_plot_draws_the_lines_where_they_are(tmp_path):
     assert not ((x > 20.3) & (x < 23.7)).any() and (x < 19.5).any() and (x > 25).any()
 
 
-def test_line_plot_after_pygame_quit(tmp_path):
-    """Fonts are cached; pygame.quit() (closing a CarRacing window, say) invalidates them:
-    the next plot makes them again instead of failing (the suite once hit this)."""
-    import pygame
+def test_line_plot_needs_neither_pygame_nor_pyplot(tmp_path, monkeypatch):
+    """matplotlib's Agg canvas, no pygame fonts (a pygame.quit() elsewhere once left them
+    stale and broke the suite) and no pyplot (no global state, no backend switch)."""
+    for name in ("pygame", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it would now fail
+    image = iio.imread(line_plot({"a": ([0, 1, 2], [0, 1, 0.5])}, tmp_path / "a.png", "t",
+                                 "x", "y"))
+    assert image.shape[:2] == (450, 800)
+    assert (np.abs(image[..., :3].astype(int) - COLORS[0]).sum(-1) < 40).sum() > 300
 
-    for restart in (False, True):  # a CarRacing env started since re-inits pygame
-        line_plot({"a": ([0, 1], [0, 1])}, tmp_path / "a.png", "title", "x", "y")
-        pygame.quit()
-        if restart:
-            pygame.init()
-        image = iio.imread(line_plot({"a": ([0, 1], [1, 0])}, tmp_path / "b.png", "t", "x", "y"))
-        assert image.shape[:2] == (450, 800)
+
+def test_line_plot_marks_isolated_points_and_rejects_mismatched_series(tmp_path):
+    image = iio.imread(line_plot({"dots": ([0, 1, 2, 3, 4], [1, None, 2, float("nan"), 3])},
+                                 tmp_path / "d.png"))[..., :3].astype(int)
+    drawn = np.abs(image - COLORS[0]).sum(-1) < 40
+    assert 3 * 10 < drawn.sum() < 3 * 200  # three dots, no lines between them
+    with pytest.raises(ValueError, match="as many x as y"):
+        line_plot({"bad": ([0, 1], [0])}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_line_plot_of_nothing_is_an_empty_frame(tmp_path):
