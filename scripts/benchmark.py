@@ -9,6 +9,7 @@
     python scripts/benchmark.py mdnrnn    # M training sequence-steps/s
     python scripts/benchmark.py dream     # batched dream env-steps/s vs the real environment
     python scripts/benchmark.py agent     # agent-in-the-loop steps/s, one CMA-ES generation
+    python scripts/benchmark.py fitness   # frames/s of a CMA-ES generation vs stock CarRacing-v3
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
     p.add_argument("--run", help="a run with V and M (default: random-weight V and M)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p = sub.add_parser("fitness", parents=[common],
+                       help="frames/s of a CMA-ES generation (each lever a row) vs stock CarRacing-v3")
+    p.add_argument("--population", type=int, default=8, help="CMA-ES candidates")
+    p.add_argument("--trials", type=int, default=2, help="tracks per candidate")
+    p.add_argument("--steps", type=int, default=400, help="frames per episode at most")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--repeats", type=int, default=1, help="timed generations per row (best of)")
+    p.add_argument("--run", help="V, M and C (default: the shipped pretrained/carracing)")
     args = parser.parse_args()
 
     from worldmodels.benchmark import format_table
@@ -97,6 +106,15 @@ def main() -> int:
 
         rows = run(args.population, args.trials, args.steps, args.workers, run_dir=args.run,
                    device=args.device)
+    elif args.what == "fitness":
+        from worldmodels.benchmark.fitness import run, summary
+
+        rows = run(args.population, args.trials, args.steps, args.workers, run_dir=args.run,
+                   repeats=args.repeats)
+        print(format_table(rows))
+        if args.json:
+            print(json.dumps(summary(rows), default=str))
+        return 0
     elif args.what == "dream":
         from worldmodels.benchmark.dream import run
 

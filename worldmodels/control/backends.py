@@ -130,8 +130,8 @@ class EvaluationBackend:
         return max(1, min(AUTO_ENVS_CAP, math.ceil(episodes / self.num_workers)))
 
     def run(self, params: np.ndarray, specs: Sequence[EpisodeSpec], *, max_steps: int = 1000,
-            early_stop_steps: int = 0, early_stop: str = "tiles", progress: bool | None = False,
-            desc: str = "episodes") -> list[EpisodeResult]:
+            early_stop_steps: int = 0, early_stop: str = "tiles", renderer: str = "exact",
+            progress: bool | None = False, desc: str = "episodes") -> list[EpisodeResult]:
         """Run every episode of ``specs``; one result per spec, in order.
 
         :param params: (K, N) float64 flat controller parameters; ``spec.candidate`` is a row.
@@ -148,7 +148,7 @@ class EvaluationBackend:
                 "params": params[rows] if rows else np.zeros((0, params.shape[1])),
                 "specs": [(s.key, remap.get(s.candidate, -1), s.seed) for s in chunk],
                 "max_steps": int(max_steps), "early_stop_steps": int(early_stop_steps),
-                "early_stop": str(early_stop),
+                "early_stop": str(early_stop), "renderer": str(renderer),
             })
         done: dict[int, EpisodeResult] = {}
         bar = progress_bar(progress, total=len(specs), desc=desc, unit="ep")
@@ -212,6 +212,9 @@ class InProcessBackend(EvaluationBackend):
         self._state: WorkerState | None = None
 
     def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+        from worldmodels.utils.parallel import set_numpy_blas_threads
+
+        set_numpy_blas_threads(1)  # as a worker's; NumPy's are spinning threads otherwise
         with _torch_threads(1):
             if self._state is None:
                 self._state = WorkerState(self.bundle)

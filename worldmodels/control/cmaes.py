@@ -89,9 +89,9 @@ __all__ = [
 # Settings that change the search trajectory: they must not change within a run.
 TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
                    "max_steps", "early_stop_steps", "early_stop", "batch_invariant", "env",
-                   "temperature", "init", "z")
+                   "temperature", "init", "z", "renderer")
 # What a checkpoint made before a setting existed was trained with.
-_OLD_DEFAULTS = {"early_stop": "tiles", "z": "mu"}
+_OLD_DEFAULTS = {"early_stop": "tiles", "z": "mu", "renderer": "exact"}
 
 
 # ----------------------------------------------------------------------------- CMA-ES
@@ -374,7 +374,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                          for j in range(T)]
                 results = backend.run(solutions, specs, max_steps=k.max_steps,
                                       early_stop_steps=k.early_stop_steps,
-                                      early_stop=k.early_stop)
+                                      early_stop=k.early_stop, renderer=k.renderer)
                 returns = np.array([r.episode_return for r in results]).reshape(P, T)
                 steps = sum(r.steps for r in results)
                 real_frames[0] += steps

@@ -52,7 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels.control.agent import WorldModelAgent, load_controller, load_world_model
+from worldmodels.control.agent import (
+    WorldModelAgent,
+    load_controller,
+    load_world_model,
+    world_action_repeat,
+)
 from worldmodels.control.controller import Controller
 from worldmodels.errors import ConfigError, WorldModelsError
 
@@ -133,6 +138,8 @@ class EnvPool:
         self.envs = []
 
 
+#: how training episodes draw what V sees (evaluation: always ``exact``)
+RENDERERS = ("exact", "approx")
 #: early-termination rules (training only; see the module docstring)
 EARLY_STOP_RULES = ("tiles", "negative")
 #: frames of CarRacing's zoom-in animation (1 s at 50 FPS), never counted by the
@@ -150,6 +157,7 @@ def run_episodes(
     early_stop_steps: int = 0,
     early_stop: str = "tiles",
     action_repeat: int = 1,
+    renderer: str = "exact",
     batch_size: int = 0,
     envs: EnvPool | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -168,6 +176,10 @@ def run_episodes(
     :param action_repeat: k: the agent decides every k frames and the action is held in
         between (only the frames it sees are drawn, :func:`~worldmodels.envs.car_racing.
         step_repeated`); 1 is the paper.
+    :param renderer: ``exact`` (the CarRacing-v3 observation, preprocessed) or ``approx``
+        (V's frame drawn straight into a small surface,
+        :class:`~worldmodels.envs.car_racing.ApproxFrameRenderer`: ~3x cheaper, an
+        approximation; training only).
     :param envs: environments to reuse (default: made and closed here).
     :param on_step: called after each lockstep decision with the number of decisions of the
         group so far (the workers' heartbeat).
@@ -178,6 +190,8 @@ def run_episodes(
                           f"{early_stop!r}")
     if action_repeat < 1:
         raise ConfigError(f"action_repeat must be >= 1, got {action_repeat}")
+    if renderer not in RENDERERS:
+        raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     own = envs is None
     pool = envs if envs is not None else EnvPool()
     cache: dict[int, Controller] = {}
@@ -198,7 +212,8 @@ def run_episodes(
         for start in range(0, len(specs), size):
             group = list(specs[start:start + size])
             results += _lockstep(agent, group, [controller(s.candidate) for s in group],
-                                 pool.take(len(group)), max_steps, rule, action_repeat, on_step)
+                                 pool.take(len(group)), max_steps, rule, action_repeat,
+                                 renderer, on_step)
     finally:
         if own:
             pool.close()
@@ -232,12 +247,15 @@ class _EarlyStop:
 
 def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: list[Controller],
               envs: list[Any], max_steps: int, rule: _EarlyStop, action_repeat: int,
-              on_step: Callable[[int], None] | None) -> list[EpisodeResult]:
-    from worldmodels.envs.car_racing import step_repeated
+              renderer: str, on_step: Callable[[int], None] | None) -> list[EpisodeResult]:
+    from worldmodels.envs.car_racing import ApproxFrameRenderer, step_repeated
 
     n = len(specs)
     agent.reset(n, seeds=[int(s.seed) for s in specs])  # z="sample": noise by track
     obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
+    approx = ApproxFrameRenderer() if renderer == "approx" else None
+    if approx is not None:  # V's frame drawn small; the env draws nothing from here on
+        obs = [approx.frame(env.unwrapped) for env in envs[:n]]
     returns = [0.0] * n
     frames = [0] * n
     rule.start(n)
@@ -250,8 +268,10 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
         still = []
         for j, i in enumerate(active):
             repeat = min(action_repeat, max_steps - frames[i])
-            obs[i], _, ran, terminated, truncated, info = step_repeated(envs[i], actions[j],
-                                                                        repeat)
+            obs[i], _, ran, terminated, truncated, info = step_repeated(
+                envs[i], actions[j], repeat, draw_last=approx is None)
+            if approx is not None and not (terminated or truncated):
+                obs[i] = approx.frame(envs[i].unwrapped)
             early = False
             for reward in info["frame_rewards"]:  # frame by frame, as without repeat
                 returns[i] += reward
@@ -331,7 +351,7 @@ class WorkerState:
     def run(self, task: dict[str, Any], on_step: Callable[[int], None] | None = None
             ) -> list[tuple]:
         """Run one task: ``{"params": (k, N), "specs": [(key, candidate, seed)], "max_steps",
-        "early_stop_steps", "early_stop"}`` in one lockstep group; results as plain tuples.
+        "early_stop_steps", "early_stop", "renderer"}`` in one lockstep group; results as plain tuples.
         ``on_step`` is called after every lockstep decision (the heartbeat)."""
         specs = [EpisodeSpec(*s) for s in task["specs"]]
         results = run_episodes(self.agent, specs, task["params"],
@@ -339,7 +359,8 @@ class WorkerState:
                                max_steps=task["max_steps"],
                                early_stop_steps=task["early_stop_steps"],
                                early_stop=task.get("early_stop", "tiles"),
-                               action_repeat=self.action_repeat, envs=self.envs,
+                               action_repeat=self.action_repeat,
+                               renderer=task.get("renderer", "exact"), envs=self.envs,
                                on_step=on_step)
         return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early) for r in results]
 
@@ -393,7 +414,12 @@ def evaluate(
         raise WorldModelsError(f"the controller in {run_dir} was trained for another V or M "
                                f"(z {hp['latent_dim']}, h {hp['hidden_dim']})")
     kwargs = {"hidden_layer": hp["hidden_layer"], "use_hidden_state": hp["use_hidden_state"]}
-    bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=device)
+    # The agent as it was trained: V's precision, z = mu | sample, the world model's k.
+    settings = (ckpt.get("extra") or {}).get("agent") or {}
+    bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=device,
+                         action_repeat=world_action_repeat(run_dir),
+                         precision=settings.get("precision", "fp32"),
+                         z=settings.get("z", "mu"))
     params = controller.get_flat()[None]
     seeds = [seed + k for k in range(episodes)]
     specs = [EpisodeSpec(k, 0, s) for k, s in enumerate(seeds)]

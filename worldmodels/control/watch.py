@@ -147,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # no_grad as a context, not set_grad_enabled(False): main() is also called in-process
     # (pipeline.py), and must not switch autograd off for its caller.
-    with torch.no_grad():
-        return _main(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the agent steps one frame at a time: one thread is fastest
+    try:
+        with torch.no_grad():
+            return _main(argv)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -167,7 +172,13 @@ def _main(argv: list[str] | None = None) -> int:
 
 
     from worldmodels.control.agent import WorldModelAgent
+    from worldmodels.utils.parallel import set_numpy_blas_threads
+    from worldmodels.utils.progress import progress_bar
     from worldmodels.utils.video import LiveWindow, VideoWriter, has_display
+
+    # The agent runs here, one frame at a time: one torch thread and one NumPy BLAS thread
+    # (NumPy's default threads spinning against torch's made a step ~7x slower).
+    set_numpy_blas_threads(1)
 
     agent = WorldModelAgent.from_run(run, device=args.device,
                                      controller=None if args.controller == "random"
@@ -193,8 +204,12 @@ def _main(argv: list[str] | None = None) -> int:
             frames = (real_episode(agent, seed, args.max_steps, args.side_by_side, label)
                       if dream is None else dream_episode(agent, dream, seed, label))
             total = 0.0
+            bar = progress_bar(None, total=args.max_steps + 1, desc=f"episode {k + 1}",
+                               unit="step", leave=False)
             for image, score in frames:
                 total = score
+                bar.update(1)
+                bar.set_postfix_str(f"score {score:.1f}", refresh=False)
                 if writer is not None:
                     writer.append(image)
                 if window_ok:
@@ -203,6 +218,7 @@ def _main(argv: list[str] | None = None) -> int:
                                             image.shape[0], fps=args.fps)
                     if not window.show(image):
                         raise KeyboardInterrupt
+            bar.close()
             returns.append(total)
             print(f"episode {k + 1} (seed {seed}): return {total:.1f}")
     except KeyboardInterrupt:

@@ -67,7 +67,9 @@ DATASET_NAME = "rollouts.h5"
 PARTS_DIR = "rollouts.parts"
 FIELDS = ("frames", "actions", "rewards", "terminated", "truncated")
 # Collection settings that change the data; the others (workers, backend, ...) do not.
-DATA_KEYS = ("seed", "max_steps", "policy", "brownian_dt", "domain_randomize")
+DATA_KEYS = ("seed", "max_steps", "policy", "brownian_dt", "domain_randomize", "action_repeat")
+# What a dataset written before a data key existed was collected with.
+_OLD_DEFAULTS = {"action_repeat": 1}
 
 
 def episode_name(k: int) -> str:
@@ -84,16 +86,23 @@ def make_env(cfg: CollectConfig):
     import worldmodels.envs as envs
 
     env_id = envs.FAST_ENV_ID if cfg.env == "fast" else envs.STOCK_ENV_ID
-    return gym.make(env_id, domain_randomize=cfg.domain_randomize)
+    # Action repeat returns None for skipped frames: gymnasium's passive checker would
+    # inspect one on the env's first step.
+    return gym.make(env_id, domain_randomize=cfg.domain_randomize,
+                    disable_env_checker=cfg.action_repeat > 1)
 
 
 def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
     """Collect episode ``k``: track seed ``cfg.seed + k``, policy seeded by the same.
 
     Returns numpy arrays ``frames`` (T, 64, 64, 3) uint8, ``actions`` (T, 3) float32,
-    ``rewards``, ``terminated``, ``truncated`` (T,) and the int ``seed``.
+    ``rewards``, ``terminated``, ``truncated`` (T,) and the int ``seed``. With
+    ``action_repeat = k > 1`` a step is a *decision*: the frame seen, the action then held for
+    k frames (only the last one drawn), and the sum of their rewards; ``max_steps`` still
+    counts frames, so T = ceil(frames / k).
     """
     from worldmodels.data.policies import make_policy
+    from worldmodels.envs.car_racing import step_repeated
     from worldmodels.envs.preprocess import preprocess_frame
 
     own = env is None
@@ -103,11 +112,14 @@ def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
         obs, _ = env.reset(seed=seed)
         policy = make_policy(cfg.policy, seed, k, cfg.brownian_dt)
         frames, actions, rewards, terms, truncs = [], [], [], [], []
-        for t in range(cfg.max_steps):
+        played = 0
+        while played < cfg.max_steps:
             frame = preprocess_frame(obs)
             action = policy.act(frame)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            truncated = truncated or t == cfg.max_steps - 1
+            obs, reward, ran, terminated, truncated, _ = step_repeated(
+                env, action, min(cfg.action_repeat, cfg.max_steps - played))
+            played += ran
+            truncated = truncated or played >= cfg.max_steps
             frames.append(frame)
             actions.append(action)
             rewards.append(reward)
@@ -344,7 +356,8 @@ def stored_config(f: h5py.File) -> dict[str, Any]:
 
 
 def _same_data(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [k for k in DATA_KEYS if a.get(k) != b.get(k)]
+    return [k for k in DATA_KEYS
+            if a.get(k, _OLD_DEFAULTS.get(k)) != b.get(k, _OLD_DEFAULTS.get(k))]
 
 
 def _valid_part(path: Path, k: int, cfg: CollectConfig) -> bool:

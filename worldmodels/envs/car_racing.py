@@ -38,13 +38,14 @@ from gymnasium.envs.box2d import car_racing as _cr
 from gymnasium.envs.box2d.car_racing import CarRacing
 from pygame import gfxdraw
 
-__all__ = ["FastCarRacing", "step_repeated"]
+__all__ = ["ApproxFrameRenderer", "FastCarRacing", "step_repeated"]
 
 _W, _H = _cr.WINDOW_W, _cr.WINDOW_H
 _M = _cr.MAX_SHAPE_DIM
 _LO_X, _HI_X = -_M, _W + _M
 _LO_Y, _HI_Y = -_M, _H + _M
 _PAD = 4.0  # pixels: > antialiasing width (1) + float->int truncation (1)
+_CROP_H = 700  # window rows (after the flip) kept by the 84-row crop: 84 / 96 * 800
 
 
 def _grass_vertices() -> np.ndarray:
@@ -237,6 +238,62 @@ class FastCarRacing(CarRacing):
             return self.isopen
 
 
+class ApproxFrameRenderer:
+    """A training-only renderer: V's 64x64 frame drawn straight into a small surface.
+
+    The exact observation is the 1000x800 window drawn with antialiased polygons, flipped,
+    box-filtered to 96x96 (``smoothscale``), cropped to its top 84 rows and area-resized to
+    64x64 (:func:`~worldmodels.envs.preprocess.preprocess_frame`): each of V's pixels is the
+    mean colour of a 15.6 x 10.9-pixel box of the window. This renderer draws the same
+    scene (background, grass, road tiles in their current colours, the car) with the same
+    rotation and zoom, scaled by ``scale`` into a ``1000 scale x 700 scale`` surface (the
+    part of the window the crop keeps; no dashboard), without antialiasing, and box-filters
+    that to 64x64. The result is an approximation (edges differ by a fraction of a pixel of
+    V's frame); ``scripts/benchmark.py render`` reports its pixel error against the exact
+    frame beside V's reconstruction error. Evaluation never uses it.
+    """
+
+    def __init__(self, scale: float = 0.384) -> None:
+        self.scale = float(scale)
+        self.size = (int(round(_W * scale)), int(round(_CROP_H * scale)))
+        self.surf = pygame.Surface(self.size)
+
+    def frame(self, env: FastCarRacing) -> np.ndarray:
+        """``env``'s current view as V's (64, 64, 3) uint8 frame."""
+        from worldmodels.envs.preprocess import FRAME_SIZE
+
+        s = self.scale
+        w, h = self.size
+        surf = self.surf
+        car = env.car
+        angle = -car.hull.angle
+        zoom = 0.1 * _cr.SCALE * max(1 - env.t, 0) + _cr.ZOOM * _cr.SCALE * min(env.t, 1)
+        scroll_x = -(car.hull.position[0]) * zoom
+        scroll_y = -(car.hull.position[1]) * zoom
+        trans = pygame.math.Vector2((scroll_x, scroll_y)).rotate_rad(angle)
+        # window pixels (unflipped, y up the screen after the flip) -> small surface: the
+        # crop keeps window rows 100..799 before the flip
+        small_zoom = zoom * s
+        small_trans = ((_W / 2 + trans[0]) * s, (_H / 4 + trans[1] - (_H - _CROP_H)) * s)
+        field = FastCarRacing._screen_coords(_FIELD, small_zoom, small_trans, angle)[0]
+        surf.fill((0, 0, 0))  # the window is black outside the field (seen while zooming in)
+        pygame.draw.polygon(surf, _gfx_rgb(env.bg_color), field.tolist())
+        screen = FastCarRacing._screen_coords(env._geometry(), small_zoom, small_trans, angle)
+        x, y = screen[..., 0], screen[..., 1]
+        inside = ~(((x < 0).all(1)) | ((x > w).all(1)) | ((y < 0).all(1)) | ((y > h).all(1)))
+        n_grass = len(_GRASS)
+        road_poly = env.road_poly
+        grass_color = _gfx_rgb(env.grass_color)
+        polygon = pygame.draw.polygon
+        for i in np.flatnonzero(inside).tolist():
+            color = grass_color if i < n_grass else _gfx_rgb(road_poly[i - n_grass][1])
+            polygon(surf, color, screen[i].tolist())
+        car.draw(surf, small_zoom, small_trans, angle, False)
+        flipped = pygame.transform.flip(surf, False, True)
+        small = pygame.transform.smoothscale(flipped, (FRAME_SIZE, FRAME_SIZE))
+        return np.transpose(pygame.surfarray.array3d(small), (1, 0, 2))
+
+
 def _gfx_rgb(color) -> tuple[int, int, int]:
     """The RGB that ``gfxdraw`` paints for ``color`` (ints, or the floats of
     ``domain_randomize``): pygame converts each component with C truncation."""
@@ -259,7 +316,8 @@ def _covers_screen(quad: np.ndarray, margin: float) -> bool:
     return True
 
 
-def step_repeated(env, action, repeat: int = 1) -> tuple[Any, float, int, bool, bool, dict]:
+def step_repeated(env, action, repeat: int = 1, draw_last: bool = True
+                  ) -> tuple[Any, float, int, bool, bool, dict]:
     """Apply ``action`` for ``repeat`` frames of ``env`` (a FastCarRacing, possibly wrapped),
     drawing only the last frame's observation: action repeat ("frame skip") without paying
     for the frames nobody looks at.
@@ -273,6 +331,8 @@ def step_repeated(env, action, repeat: int = 1) -> tuple[Any, float, int, bool, 
     env must not run gymnasium's passive env checker (``disable_env_checker=True``), which
     would inspect a skipped ``None`` observation on an env's very first step.
 
+    :param draw_last: False draws no frame at all (the caller draws its own view, e.g.
+        :class:`ApproxFrameRenderer`); the observation returned is then ``None``.
     :return: ``(obs, reward, frames, terminated, truncated, info)``: ``reward`` is the sum
         of the per-frame rewards (in frame order), ``frames`` how many frames ran, ``info``
         the last frame's, with ``info["frame_rewards"]`` the per-frame rewards.
@@ -286,7 +346,7 @@ def step_repeated(env, action, repeat: int = 1) -> tuple[Any, float, int, bool, 
     info: dict = {}
     try:
         for i in range(repeat):
-            base.skip_observation = i < repeat - 1
+            base.skip_observation = i < repeat - 1 or not draw_last
             obs, reward, terminated, truncated, info = env.step(action)
             rewards.append(float(reward))
             if terminated or truncated:

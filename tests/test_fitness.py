@@ -1,0 +1,187 @@
+"""The cheaper real-environment fitness: action repeat, early-termination rules, the
+approximate training renderer, and the benchmark that measures them."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import worldmodels.envs as envs
+from worldmodels.config import load_config
+from worldmodels.control.agent import WorldModelAgent, load_world_model, save_random_world_model
+from worldmodels.control.evaluation import (
+    ZOOM_FRAMES,
+    EpisodeSpec,
+    _EarlyStop,
+    run_episodes,
+)
+from worldmodels.envs.car_racing import ApproxFrameRenderer
+from worldmodels.envs.preprocess import preprocess_frame
+from worldmodels.errors import ConfigError
+
+HIDDEN = 32
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return save_random_world_model(tmp_path_factory.mktemp("world"), hidden_dim=HIDDEN, seed=3)
+
+
+@pytest.fixture(scope="module")
+def agent(world):
+    vae, mdnrnn, _ = load_world_model(world)
+    return WorldModelAgent(vae, mdnrnn)
+
+
+def params(n, seed=0):
+    return np.random.default_rng(seed).normal(0, 0.5, (n, 3 * (32 + HIDDEN + 1)))
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_action_repeat_is_the_stock_env_with_each_decision_held(agent, repeat):
+    """run_episodes with k: the same return and frame count as deciding on stock CarRacing-v3
+    every k frames and stepping it k times with that action."""
+    p = params(1, seed=1)
+    (result,) = run_episodes(agent, [EpisodeSpec(0, 0, 42)], p, max_steps=100,
+                             action_repeat=repeat)
+    c = agent.make_controller(p[0])
+    env = gym.make(envs.STOCK_ENV_ID)
+    obs, _ = env.reset(seed=42)
+    agent.reset(1, seeds=[42])
+    total, frames, done = 0.0, 0, False
+    while not done:
+        a = agent.act(obs[None], controllers=[c])[0]
+        for _ in range(min(repeat, 100 - frames)):
+            obs, r, term, trunc, _ = env.step(a)
+            total += float(r)
+            frames += 1
+            done = term or trunc or frames >= 100
+            if term or trunc:
+                break
+    env.close()
+    assert (result.steps, result.episode_return) == (frames, total)
+    assert frames == 100
+
+
+def test_early_stop_rules_count_frames():
+    tiles = _EarlyStop("tiles", 5)
+    tiles.start(1)
+    # a positive reward (a new tile) resets the count; 5 frames without one stop
+    stops = [tiles.update(0, f, r) for f, r in enumerate([3.0, -0.1, -0.1, 2.9, -0.1, -0.1,
+                                                          -0.1, -0.1, -0.1], 1)]
+    assert stops == [False] * 8 + [True]
+    negative = _EarlyStop("negative", 3)
+    negative.start(1)
+    # the zoom-in never counts, then three negative frames in a row stop
+    assert not any(negative.update(0, f, -0.1) for f in range(1, ZOOM_FRAMES + 1))
+    stops = [negative.update(0, ZOOM_FRAMES + i, r) for i, r in
+             enumerate([-0.1, -0.1, 3.0, -0.1, -0.1, -0.1], 1)]
+    assert stops == [False, False, False, False, False, True]
+    off = _EarlyStop("negative", 0)
+    off.start(1)
+    assert not any(off.update(0, f, -0.1) for f in range(1, 200))
+
+
+def test_early_stopped_episodes_are_scored_as_staying_lost(agent):
+    p = np.zeros((1, 3 * (32 + HIDDEN + 1)))  # the zero controller never moves
+    full, = run_episodes(agent, [EpisodeSpec(0, 0, 7)], p, max_steps=200)
+    for rule, limit in (("tiles", 60), ("negative", 20)):
+        (early,) = run_episodes(agent, [EpisodeSpec(0, 0, 7)], p, max_steps=200,
+                                early_stop_steps=limit, early_stop=rule)
+        assert early.stopped_early and early.steps < 200
+        # a car standing still: the estimate is exactly its true return
+        assert early.episode_return == pytest.approx(full.episode_return, abs=1e-6)
+        assert early.tiles == full.tiles
+    with pytest.raises(ConfigError, match="early_stop must be one of"):
+        run_episodes(agent, [EpisodeSpec(0, 0, 7)], p, early_stop="sometimes")
+
+
+def test_approx_renderer_is_close_to_the_exact_frame():
+    """V's frame drawn small against the exact observation, preprocessed, along a drive:
+    a mean squared error far below V's reconstruction error (~1e-3 per pixel)."""
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    renderer = ApproxFrameRenderer()
+    env.reset(seed=11)
+    errors = []
+    for t in range(120):
+        a = np.array([np.sin(t / 20.0), 0.6, 0.0], np.float32)
+        obs, *_ = env.step(a)
+        approx = renderer.frame(env.unwrapped)
+        assert approx.shape == (64, 64, 3) and approx.dtype == np.uint8
+        errors.append((approx.astype(np.float64) - preprocess_frame(obs)) / 255.0)
+    env.close()
+    mse = float(np.mean(np.square(errors)))
+    assert mse < 3e-4
+    assert float(np.mean(np.square(errors[-1]))) > 0  # an approximation, not the same code
+
+
+def test_approx_training_episodes_run_and_count_frames(agent):
+    p = params(2, seed=4)
+    specs = [EpisodeSpec(0, 0, 5), EpisodeSpec(1, 1, 6)]
+    exact = run_episodes(agent, specs, p, max_steps=80, action_repeat=4)
+    approx = run_episodes(agent, specs, p, max_steps=80, action_repeat=4, renderer="approx")
+    assert [r.steps for r in approx] == [r.steps for r in exact] == [80, 80]
+    with pytest.raises(ConfigError, match="renderer must be one of"):
+        run_episodes(agent, specs, p, renderer="fast")
+
+
+def test_controller_action_repeat_must_be_the_world_models(world, tmp_path):
+    from worldmodels.control.cmaes import train_controller
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for stage in ("vae", "mdnrnn"):
+        (run / stage).symlink_to(world / stage)
+    cfg = load_config(overrides={"controller": {"population": 2, "trials": 1, "generations": 1,
+                                                "max_steps": 20, "eval_every": 0,
+                                                "workers": 1, "action_repeat": 4}})
+    with pytest.raises(ConfigError, match="built with action repeat 1"):
+        train_controller(cfg, run, progress=False)
+
+
+def test_fitness_benchmark_rows_measure_the_levers(world):
+    """Two rows (k=1 and k=4) on one worker: the same episodes give the same frames per
+    generation, and the JSON summary's ratio is the faster row's frames/s over stock."""
+    from worldmodels.benchmark.fitness import run, summary
+    from worldmodels.control.controller import Controller
+    from worldmodels.utils.checkpoint import save_checkpoint
+
+    c = Controller(latent_dim=32, hidden_dim=HIDDEN)
+    save_checkpoint(world / "controller" / "best.pt", kind="controller", model=c,
+                    model_config=c.hparams, step=0)
+    levers = (("k=1", "fp32", 1, "exact", "tiles", 0), ("k=4", "fp32", 4, "approx", "tiles", 0))
+    rows = run(population=2, trials=1, steps=60, workers=1, run_dir=str(world), levers=levers)
+    assert rows[0]["setting"].startswith("stock CarRacing-v3") and rows[0]["frames/s"] > 0
+    assert rows[1]["frames/gen"] == rows[2]["frames/gen"] == 120
+    out = summary(rows)
+    assert out["ratio"] == max(r["vs stock"] for r in rows[1:])
+    assert out["stock_steps_per_s"] == rows[0]["frames/s"]
+
+
+def test_collection_with_action_repeat_stores_one_step_per_decision():
+    """collect.action_repeat = 3: each stored step is the frame the policy saw, its action
+    (held for 3 frames) and the sum of those frames' rewards; 100 frames give 34 steps; the
+    same policy seed with k = 1 on stock CarRacing-v3 reproduces the rewards."""
+    from worldmodels.data.rollouts import _same_data, run_episode
+
+    cfg = load_config(overrides={"collect": {"max_steps": 100, "action_repeat": 3,
+                                             "policy": "brownian"}}).collect
+    ep = run_episode(cfg, 0)
+    assert len(ep["frames"]) == len(ep["actions"]) == len(ep["rewards"]) == 34
+    assert ep["truncated"][-1] and not ep["truncated"][:-1].any()
+    env = gym.make(envs.STOCK_ENV_ID)
+    obs, _ = env.reset(seed=ep["seed"])
+    for t, (frame, action) in enumerate(zip(ep["frames"], ep["actions"])):
+        assert np.array_equal(frame, preprocess_frame(obs)), t
+        total = 0.0
+        for _ in range(min(3, 100 - 3 * t)):
+            obs, r, *_ = env.step(action)
+            total += float(r)
+        assert ep["rewards"][t] == total, t
+    env.close()
+    # a dataset from before action_repeat existed was collected with k = 1
+    old = {"seed": 0, "max_steps": 100, "policy": "brownian", "brownian_dt": 0.02,
+           "domain_randomize": False}
+    assert _same_data(old, {**old, "action_repeat": 1}) == []
+    assert _same_data(old, {**old, "action_repeat": 3}) == ["action_repeat"]
