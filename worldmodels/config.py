@@ -298,6 +298,11 @@ class ControllerConfig:
         "auto", "V's encoder in the workers: 'fp32', 'bf16' (about 4x faster on CPUs with "
         "AVX512-BF16/AMX, slower without) or 'auto' (bf16 where the machine has native bf16)",
         choices=("auto", "fp32", "bf16"))
+    renderer: str = _f(
+        "exact", "what the population's episodes draw for V: 'exact' (CarRacing-v3's "
+        "observation) or 'approx' (V's 64x64 frame drawn straight into a small surface, ~3x "
+        "cheaper, mean squared pixel error ~5e-5, far below V's reconstruction error); the "
+        "held-out score and evaluate.py always use 'exact'", choices=("exact", "approx"))
     z: str = _f(
         "mu", "what C and M read of V: 'mu' (the posterior mean) or 'sample' (mu + sigma * "
         "eps, as the authors' encode_obs and as M was trained)", choices=("mu", "sample"))
