@@ -84,6 +84,23 @@ def test_vae_shapes_and_range(batch, latent_dim):
     assert torch.equal(s, vae.sample(2, generator=torch.Generator().manual_seed(1)))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_vae_decode_equals_the_transposed_convolutions(layout):
+    # decode() runs the first deconvolution (a 1x1 input) as a matrix product: the same
+    # function of the same parameters as the plain nn.Sequential, to float rounding
+    torch.manual_seed(0)
+    vae = ConvVAE().to(memory_format=layout)
+    z = torch.randn(5, 32, requires_grad=True)
+    plain = vae.decoder(vae.fc_decode(z).view(5, 1024, 1, 1))
+    fast = vae.decode(z)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(plain)
+    grads = torch.autograd.grad((fast * g).sum(), [z, *vae.decoder[0].parameters()])
+    ref = torch.autograd.grad((plain * g).sum(), [z, *vae.decoder[0].parameters()])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_vae_eval_mode_uses_the_mean():
     vae = ConvVAE().eval()
     x = _images(2)
