@@ -192,19 +192,23 @@ def test_script_help():
 D = 3
 
 
-def write_latents(path: Path, lengths: list[int], terminated: set[int]) -> Path:
-    """A latents file whose mu[t] = (1000 k + t, k, t) names episode k, step t."""
+def write_latents(path: Path, lengths: list[int], terminated: set[int],
+                  mu: list[np.ndarray] | None = None) -> Path:
+    """A latents file whose mu[t] = (1000 k + t, k, t) names episode k, step t (or the
+    given ``mu``, one (T, D') array per episode)."""
+    dim = D if mu is None else mu[0].shape[1]
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "gaussian",
-                        "latent_dim": D, "latent_shape": json.dumps([D]), "codebook_size": 0,
+                        "latent_dim": dim, "latent_shape": json.dumps([dim]), "codebook_size": 0,
                         "num_episodes": len(lengths),
                         "vae": json.dumps({"model": "vae", "sha256": "x", "step": 1}),
                         "rollouts": json.dumps({"num_episodes": len(lengths), "config": {}})})
         for k, T in enumerate(lengths):
             t = np.arange(T, dtype=np.float32)
             g = f.create_group(f"episodes/{episode_name(k)}")
-            g["mu"] = np.stack([1000 * k + t, np.full(T, k), t], axis=1).astype(np.float32)
-            g["logvar"] = np.full((T, D), -4.0, np.float32)
+            g["mu"] = (np.stack([1000 * k + t, np.full(T, k), t], axis=1) if mu is None
+                       else mu[k]).astype(np.float32)
+            g["logvar"] = np.full((T, dim), -4.0, np.float32)
             g["actions"] = np.stack([t, t + 0.5, np.full(T, k)], axis=1).astype(np.float32)
             g["rewards"] = (k + t / 100).astype(np.float64)
             done = np.zeros(T, bool)
@@ -220,36 +224,47 @@ def write_latents(path: Path, lengths: list[int], terminated: set[int]) -> Path:
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_windows_are_consecutive_steps_of_one_episode(tmp_path, in_memory):
-    # episode 0: 30 steps (29 transitions); 1: 5 steps (too short); 2: 21 steps,
-    # terminated (21 transitions, the last without a next frame)
-    data = LatentDataset(write_latents(tmp_path / "l.h5", [30, 5, 21], {2}))
+    # episode 0: 30 steps (29 transitions); 1: 5 steps (4 transitions, shorter than a
+    # sequence: one padded window); 2: 21 steps, terminated (21 transitions, the last
+    # without a next frame); 3: 4 steps, terminated early (4 transitions, padded)
+    data = LatentDataset(write_latents(tmp_path / "l.h5", [30, 5, 21, 4], {2, 3}))
     L = 7
     seqs = LatentSequences(data, L, in_memory=in_memory)
-    assert list(seqs.episodes) == [0, 2] and seqs.skipped == 1
-    assert list(seqs.counts) == [4, 3] and list(seqs.slack) == [1, 0] and len(seqs) == 7
+    assert list(seqs.episodes) == [0, 1, 2, 3] and seqs.skipped == 0 and seqs.padded == 2
+    assert list(seqs.counts) == [4, 1, 3, 1] and list(seqs.slack) == [1, 0, 0, 0]
     windows = seqs.windows()
-    assert windows.tolist() == [[0, 0], [0, 7], [0, 14], [0, 21], [1, 0], [1, 7], [1, 14]]
+    assert windows.tolist() == [[0, 0], [0, 7], [0, 14], [0, 21], [1, 0], [2, 0], [2, 7],
+                                [2, 14], [3, 0]] and len(seqs) == 9
     jittered = seqs.windows(np.random.default_rng(3))
     assert set(jittered[:4, 1] - windows[:4, 1]) <= {0, 1} and (jittered[4:] == windows[4:]).all()
 
     batch = seqs.batch(windows, sample=False)
-    z, valid = batch["z"].numpy(), batch["next_valid"].numpy()
-    assert z.shape == (7, L + 1, D) and batch["actions"].shape == (7, L, 3)
+    z, valid, mask = batch["z"].numpy(), batch["next_valid"].numpy(), batch["mask"].numpy()
+    assert z.shape == (9, L + 1, D) and batch["actions"].shape == (9, L, 3)
     for row, (j, s) in enumerate(windows):
         k = int(seqs.episodes[j])
         T = int(seqs.lengths[j])
+        U = T if k in (2, 3) else T - 1  # transitions
         steps = np.minimum(np.arange(s, s + L + 1), T - 1)
         assert (z[row, :, 1] == k).all()  # never another episode's step
         np.testing.assert_array_equal(z[row, :, 0], 1000 * k + steps)
-        # input t and target t+1 are consecutive steps where the next frame exists
-        np.testing.assert_array_equal(valid[row], np.arange(s + 1, s + L + 1) <= T - 1)
+        # transition t is real where the episode has it; its target where the frame exists
+        np.testing.assert_array_equal(mask[row], np.arange(s, s + L) < U)
+        np.testing.assert_array_equal(valid[row], (np.arange(s + 1, s + L + 1) <= T - 1)
+                                      & mask[row])
         np.testing.assert_array_equal(batch["actions"][row, :, 0].numpy(), steps[:L])
         np.testing.assert_allclose(batch["rewards"][row].numpy(), k + steps[:L] / 100, rtol=1e-6)
         np.testing.assert_array_equal(batch["dones"][row].numpy(),
-                                      (k == 2) & (steps[:L] == T - 1))
+                                      (k in (2, 3)) & (steps[:L] == T - 1))
     # the terminated episode's last window ends on its terminal transition, z masked
-    assert valid[-1].tolist() == [True] * (L - 1) + [False] and batch["dones"][-1, -1] == 1
-    assert valid[:-1].all()
+    assert valid[7].tolist() == [True] * (L - 1) + [False] and batch["dones"][7, -1] == 1
+    assert mask[7].all() and mask[:4].all() and valid[:4].all()
+    # the short episodes: their real transitions, then padding; the early termination's done
+    # is a real step (only its z target is missing)
+    assert mask[4].tolist() == [True] * 4 + [False] * 3
+    assert mask[8].tolist() == [True] * 4 + [False] * 3
+    assert valid[8].tolist() == [True] * 3 + [False] * 4 and batch["dones"][8, 3] == 1
+    assert (batch["dones"][8] * batch["mask"][8]).sum() == 1
 
     # z is drawn from N(mu, sigma^2) afresh per batch, the same for the same seed
     a = seqs.batch(windows, torch.Generator().manual_seed(0))["z"]
@@ -262,24 +277,29 @@ def test_windows_are_consecutive_steps_of_one_episode(tmp_path, in_memory):
 
     # an epoch: every window once, in an order fixed by the seed, the partial batch dropped
     rows = np.concatenate(list(seqs.epoch(2, seed=5)))
-    assert len(rows) == 6 and len({tuple(r) for r in rows}) == 6
+    assert len(rows) == 8 and len({tuple(r) for r in rows}) == 8
     assert np.array_equal(rows, np.concatenate(list(seqs.epoch(2, seed=5))))
     assert np.array_equal(rows[2:], np.concatenate(list(seqs.epoch(2, seed=5, skip=1))))
     data.close()
 
 
 def test_memory_and_file_windows_agree(tmp_path):
-    data = LatentDataset(write_latents(tmp_path / "l.h5", [12, 9, 15], {1}))
-    windows = np.array([[0, 3], [1, 0], [2, 5], [1, 1]])
+    data = LatentDataset(write_latents(tmp_path / "l.h5", [12, 9, 15, 5, 3], {1, 3}))
+    windows = np.array([[0, 3], [1, 0], [2, 5], [1, 1], [3, 0], [4, 0]])
     a = LatentSequences(data, 8, in_memory=True).batch(windows, torch.Generator().manual_seed(0))
     b = LatentSequences(data, 8, in_memory=False).batch(windows, torch.Generator().manual_seed(0))
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and "mask" in a
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
 
 
-def test_too_short_episodes_are_one_line_error(tmp_path):
-    data = LatentDataset(write_latents(tmp_path / "l.h5", [12, 30, 9], set()))
-    with pytest.raises(DataError, match=r"seq_len=40.*longest .* has 30 steps \(29 transitions\)"):
+def test_episodes_without_a_transition_are_skipped_or_one_line_error(tmp_path):
+    data = LatentDataset(write_latents(tmp_path / "l.h5", [12, 1, 9, 1], {3}))
+    seqs = LatentSequences(data, 40)  # longer than every episode: each one padded window
+    # a 1-step episode has no transition unless it terminated (its done is one)
+    assert list(seqs.episodes) == [0, 2, 3] and seqs.skipped == 1 and len(seqs) == 3
+    data.close()
+    data = LatentDataset(write_latents(tmp_path / "m.h5", [1, 1], set()))
+    with pytest.raises(DataError, match=r"no episode .* has a transition"):
         LatentSequences(data, 40)
     assert len(LatentSequences(data, 40, episodes=[])) == 0  # nothing asked, nothing wrong

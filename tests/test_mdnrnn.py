@@ -1,6 +1,8 @@
-"""worldmodels.memory: gmm_nll against torch.distributions (extreme sigmas, far points,
-gradients), MDN-RNN shapes and parameter count, step == sequence, the loss and its mask,
-temperature sampling statistics, and the discrete (VQ) variant."""
+"""worldmodels.memory: gmm_nll and mixture_nll against torch.distributions (extreme sigmas,
+far points, gradients), MDN-RNN shapes and parameter count, step == sequence, the loss
+training uses (worldmodels.train.mdnrnn.sequence_losses) against an independent reference
+(MixtureSameFamily, MSE, weighted BCE) with its padding mask, temperature sampling
+statistics, and the discrete (VQ) variant."""
 
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from worldmodels.memory import (
     MDNRNN,
     DiscreteMDNRNN,
     MDNOutput,
-    discrete_mdnrnn_loss,
     gmm_nll,
-    mdnrnn_loss,
+    mixture_nll,
     sample_next,
     sample_next_codes,
 )
+from worldmodels.train.mdnrnn import sequence_losses
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -171,8 +173,10 @@ def test_mdnrnn_outputs_fp32_under_autocast_and_from_fp64_actions():
     z, a = torch.randn(2, 3, 4), torch.rand(2, 3, 3, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(z, a)
-        losses = mdnrnn_loss(out, torch.randn(2, 3, 4), torch.randn(2, 3), torch.zeros(2, 3))
     assert all(t.dtype == torch.float32 for t in (out.logpi, out.mu, out.reward, out.done_logit))
+    batch = {"z": torch.randn(2, 4, 4), "actions": a, "rewards": torch.randn(2, 3),
+             "dones": torch.zeros(2, 3), "next_valid": torch.ones(2, 3, dtype=torch.bool)}
+    losses = sequence_losses(model, batch, precision="bf16")
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 
@@ -192,63 +196,93 @@ def test_mdnrnn_save_load_from_hparams():
 
 
 def _batch(B=2, T=5, D=4, A=3, seed=0):
+    """A batch as :class:`~worldmodels.data.latents.LatentSequences` gives it."""
     g = _gen(seed)
-    z = torch.randn(B, T + 1, D, generator=g)
-    a = torch.rand(B, T, A, generator=g)
-    reward = torch.randn(B, T, generator=g)
-    done = torch.rand(B, T, generator=g) < 0.3
-    return z, a, reward, done
+    return {"z": torch.randn(B, T + 1, D, generator=g), "actions": torch.rand(B, T, A, generator=g),
+            "rewards": torch.randn(B, T, generator=g),
+            "dones": (torch.rand(B, T, generator=g) < 0.3).float(),
+            "next_valid": torch.rand(B, T, generator=g) < 0.8,
+            "mask": torch.ones(B, T, dtype=torch.bool)}
 
 
-def test_mdnrnn_loss_terms_match_independent_formulas():
+def _reference_losses(model, batch, reward_weight, done_weight, pos_weight):
+    """The objective written independently: fp64 MixtureSameFamily over the real steps with a
+    next frame, mean squared error and positive-weighted BCE over the real steps."""
+    out = model(batch["z"][:, :-1], batch["actions"])
+    mask, valid = batch["mask"], batch["mask"] & batch["next_valid"]
+    nll = _reference_nll(batch["z"][:, 1:], out.logpi, out.mu, out.logsigma).mean(-1)[valid].mean()
+    mse = (out.reward - batch["rewards"])[mask].double().square().mean()
+    p = torch.sigmoid(out.done_logit.double())[mask]
+    d = batch["dones"][mask].double()
+    bce = -(pos_weight * d * p.log() + (1 - d) * (1 - p).log()).mean()
+    return {"nll": nll, "reward": mse, "done": bce,
+            "loss": nll + reward_weight * mse + done_weight * bce}
+
+
+@pytest.mark.parametrize("pos_weight", [1.0, 7.0])
+def test_sequence_losses_match_independent_reference(pos_weight):
     torch.manual_seed(0)
     model = MDNRNN(4, 3, 8, 3)
-    z, a, reward, done = _batch()
-    out = model(z[:, :-1], a)
-    losses = mdnrnn_loss(out, z[:, 1:], reward, done, reward_weight=0.5, done_weight=2.0)
-    gmm = _reference_nll(z[:, 1:], out.logpi, out.mu, out.logsigma).mean()
-    mse = F.mse_loss(out.reward, reward)
-    bce = F.binary_cross_entropy_with_logits(out.done_logit, done.float())
-    torch.testing.assert_close(losses["gmm"].double(), gmm, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(losses["reward"], mse)
-    torch.testing.assert_close(losses["done"], bce)
-    torch.testing.assert_close(losses["loss"], losses["gmm"] + 0.5 * mse + 2.0 * bce)
-    # pos_weight: done steps count more.
-    weighted = mdnrnn_loss(out, z[:, 1:], reward, done, done_pos_weight=5.0)["done"]
-    ref = F.binary_cross_entropy_with_logits(
-        out.done_logit, done.float(), pos_weight=torch.tensor(5.0)
-    )
-    torch.testing.assert_close(weighted, ref)
+    batch = _batch()
+    losses = sequence_losses(model, batch, 0.5, 2.0, pos_weight, precision="fp32")
+    ref = _reference_losses(model, batch, 0.5, 2.0, pos_weight)
+    for k, value in ref.items():
+        torch.testing.assert_close(losses[k].double(), value, rtol=1e-5, atol=1e-6, msg=k)
+    # its gradient is the reference's
+    grads = torch.autograd.grad(losses["loss"], list(model.parameters()))
+    ref_grads = torch.autograd.grad(ref["loss"], list(model.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r.double(), rtol=1e-4, atol=1e-6)
 
 
-def test_mdnrnn_loss_mask_ignores_padding_even_nan():
+def test_sequence_losses_under_bf16_stay_close_to_fp32():
+    # bf16 autocast (the CPU default where bf16 is native) touches only the LSTM; the loss
+    # is fp32 and within bf16's rounding of the LSTM of the fp32 one
+    torch.manual_seed(0)
+    model = MDNRNN(32, 3, 64, 5)
+    batch = _batch(B=4, T=20, D=32)
+    fp32 = sequence_losses(model, batch, precision="fp32")
+    bf16 = sequence_losses(model, batch, precision="bf16")
+    for k in fp32:
+        assert bf16[k].dtype == torch.float32
+        torch.testing.assert_close(bf16[k], fp32[k], rtol=2e-2, atol=2e-3, msg=k)
+
+
+def test_sequence_losses_mask_ignores_padding():
     torch.manual_seed(0)
     model = MDNRNN(4, 3, 8, 3)
-    z, a, reward, done = _batch(B=1, T=6)
-    out = model(z[:, :-1], a)
-    short = mdnrnn_loss(
-        MDNOutput(*(t[:, :4] for t in out[:5]), out.state), z[:, 1:5], reward[:, :4], done[:, :4]
-    )
-    z_pad, reward_pad = z[:, 1:].clone(), reward.clone()
-    z_pad[:, 4:] = float("nan")
-    reward_pad[:, 4:] = float("inf")
-    mask = torch.tensor([[True] * 4 + [False] * 2])
-    masked = mdnrnn_loss(out, z_pad, reward_pad, done, mask=mask)
-    for k in short:
-        torch.testing.assert_close(masked[k], short[k])
-    masked["loss"].backward()
+    batch = _batch(B=1, T=6)
+    short = {k: v[:, :5] if k == "z" else v[:, :4] for k, v in batch.items()}
+    padded = {k: v.clone() for k, v in batch.items()}
+    padded["mask"][:, 4:] = False
+    padded["z"][:, 5:] = padded["z"][:, 4:5]  # steps past the end repeat the last one
+    padded["rewards"][:, 4:] = 1e6
+    padded["dones"][:, 4:] = 1.0
+    a, b = sequence_losses(model, short, done_pos_weight=3.0), sequence_losses(
+        model, padded, done_pos_weight=3.0)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], msg=k)
+    b["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_mdnrnn_loss_without_heads_and_missing_targets():
+def test_sequence_losses_without_heads():
     model = MDNRNN(4, 3, 8, 2, reward_head=False, done_head=False)
-    z, a, _, _ = _batch()
-    losses = mdnrnn_loss(model(z[:, :-1], a), z[:, 1:])
+    losses = sequence_losses(model, _batch())
     assert losses["reward"] == 0 and losses["done"] == 0
-    torch.testing.assert_close(losses["loss"], losses["gmm"])
-    with_heads = MDNRNN(4, 3, 8, 2)
-    with pytest.raises(ValueError, match="reward head"):
-        mdnrnn_loss(with_heads(z[:, :-1], a), z[:, 1:])
+    torch.testing.assert_close(losses["loss"], losses["nll"])
+
+
+def test_mixture_nll_is_gmm_nll_of_the_normalised_weights():
+    g = _gen(2)
+    params = torch.randn(3, 4, 3, 6, 5, generator=g, dtype=torch.float64)
+    params[..., 2, :, :] = params[..., 2, :, :] * 3  # log-sigmas from -9 to 9
+    x = torch.randn(3, 4, 6, generator=g, dtype=torch.float64) * 3
+    logits, mu, logsigma = params.unbind(-3)
+    torch.testing.assert_close(mixture_nll(params, x), _reference_nll(
+        x, logits.log_softmax(-1), mu, logsigma), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3, D, K\)"):
+        mixture_nll(params[..., :2, :, :], x)
 
 
 def test_a_few_steps_lower_the_mdnrnn_loss():
@@ -261,11 +295,12 @@ def test_a_few_steps_lower_the_mdnrnn_loss():
     for t in range(10):
         z.append(0.9 * z[-1] + a[:, t, :1])
     z = torch.stack(z, 1)
-    reward, done = z[:, :-1, 0], torch.zeros(8, 10)
+    batch = {"z": z, "actions": a, "rewards": z[:, :-1, 0], "dones": torch.zeros(8, 10),
+             "next_valid": torch.ones(8, 10, dtype=torch.bool)}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for _ in range(30):
-        loss = mdnrnn_loss(model(z[:, :-1], a), z[:, 1:], reward, done)["loss"]
+        loss = sequence_losses(model, batch)["loss"]
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -349,9 +384,11 @@ def test_discrete_shapes_loss_and_step(grid):
     out = model(codes[:, :-1], a)
     assert out.logits.shape == (B, T, cells, K) and out.logits.dtype == torch.float32
     assert out.reward.shape == out.done_logit.shape == (B, T)
-    losses = discrete_mdnrnn_loss(out, codes[:, 1:], reward, done)
+    batch = {"codes": codes, "actions": a, "rewards": reward, "dones": done.float(),
+             "next_valid": torch.ones(B, T, dtype=torch.bool)}
+    losses = sequence_losses(model, batch, precision="fp32")
     ce = F.cross_entropy(out.logits.reshape(-1, K), codes[:, 1:].reshape(-1))
-    torch.testing.assert_close(losses["ce"], ce)
+    torch.testing.assert_close(losses["nll"], ce)
     torch.testing.assert_close(
         losses["loss"],
         ce
@@ -367,16 +404,18 @@ def test_discrete_shapes_loss_and_step(grid):
     torch.testing.assert_close(state, out.state, rtol=1e-5, atol=1e-6)
 
 
-def test_discrete_loss_mask_ignores_padded_codes():
+def test_discrete_loss_mask_ignores_padded_steps():
     torch.manual_seed(0)
     model = DiscreteMDNRNN(5, 4, hidden_dim=8, code_embed_dim=2, reward_head=False, done_head=False)
     codes = torch.randint(0, 5, (1, 5, 4), generator=_gen(0))
-    out = model(codes[:, :-1], torch.rand(1, 4, 3))
-    target = codes[:, 1:].clone()
-    target[:, 3:] = -1  # padding, out of range for cross_entropy
-    masked = discrete_mdnrnn_loss(out, target, mask=torch.tensor([[True, True, True, False]]))
+    out = model(codes[:, :-1], torch.rand(1, 4, 3, generator=_gen(1)))
+    batch = {"codes": codes, "actions": torch.rand(1, 4, 3, generator=_gen(1)),
+             "rewards": torch.zeros(1, 4), "dones": torch.zeros(1, 4),
+             "next_valid": torch.ones(1, 4, dtype=torch.bool),
+             "mask": torch.tensor([[True, True, True, False]])}
+    masked = sequence_losses(model, batch, precision="fp32")
     ref = F.cross_entropy(out.logits[:, :3].reshape(-1, 5), codes[:, 1:4].reshape(-1))
-    torch.testing.assert_close(masked["ce"], ref)
+    torch.testing.assert_close(masked["nll"], ref)
 
 
 def test_sample_next_codes_temperature():

@@ -5,7 +5,9 @@ a short run lowers the training loss and writes checkpoints, TensorBoard events,
 with baselines and the prediction strip; ``load_mdnrnn`` rebuilds it from the checkpoint
 alone; a stopped and resumed run equals an uninterrupted one; NaN losses, latents of
 another dimension, missing latents and too-short episodes are one-line errors; the
-discrete variant trains on VQ-VAE codes. 4 episodes x 40 steps: 3 training episodes (4
+discrete variant trains on VQ-VAE codes; episodes shorter than a sequence train padded and
+the weighted done head fires where episodes end (synthetic latents); gradient clipping by
+norm and by value; the compiled mixture loss equals the eager one. 4 episodes x 40 steps: 3 training episodes (4
 sequences of 8 each), 1 validation episode.
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_script
+from test_encode import write_latents
 
 from worldmodels.config import load_config
 from worldmodels.data.latents import LatentDataset, LatentSequences, encode, latents_path
@@ -196,12 +199,109 @@ def test_latent_dim_mismatch_is_one_line_config_error(tmp_path, source):
     assert result.returncode == 2 and len(lines) == 1 and "latent_dim=16" in lines[0], result.stderr
 
 
-def test_data_errors(tmp_path, source):
-    with pytest.raises(DataError, match="seq_len=50.*40 steps"):
-        train_mdnrnn(config(seq_len=50), new_run(tmp_path, source, "long"), progress=False)
+def test_episodes_shorter_than_seq_len_train_padded(tmp_path, source):
+    # every 40-step episode is shorter than seq_len=50: each one padded sequence, not dropped
+    s = train_mdnrnn(config(seq_len=50, steps=2, eval_every=2),
+                     new_run(tmp_path, source, "long"), progress=False)
+    assert (s["train_sequences"], s["val_sequences"], s["skipped_episodes"]) == (3, 1, 0)
+    assert np.isfinite(s["val/loss"])
     with pytest.raises(DataError, match="fewer than one batch"):
         train_mdnrnn(config(batch_size=13), new_run(tmp_path, source, "batch"), progress=False)
     assert not (tmp_path / "batch" / "mdnrnn").exists()
+
+
+def _terminating_latents(path: Path, episodes: int = 24, seed: int = 0) -> Path:
+    """Episodes of 8..20 steps that all end by termination, their last frame showing it
+    (z_0 = 4, as a frame off the playfield; else N(0, 1)): shorter than M's sequences."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(8, 21, episodes).tolist()
+    mu = []
+    for T in lengths:
+        m = rng.standard_normal((T, 3))
+        m[-1, 0] = 4.0
+        mu.append(m)
+    return write_latents(path, lengths, set(range(episodes)), mu)
+
+
+def _done_probs(run: Path) -> tuple[float, float]:
+    """Mean P(done) of the run's M at the terminal and at the other real steps."""
+    net = load_mdnrnn(run)
+    with LatentDataset(latents_path(run)) as data:
+        seqs = LatentSequences(data, 24)
+        batch = seqs.batch(seqs.windows(), sample=False)
+    with torch.no_grad():
+        p = torch.sigmoid(net(batch["z"][:, :-1], batch["actions"]).done_logit)
+    real, done = batch["mask"], batch["dones"].bool()
+    return float(p[real & done].mean()), float(p[real & ~done].mean())
+
+
+@pytest.mark.parametrize("done_pos_weight", [1.0, 10.0])
+def test_done_head_fires_at_terminations(tmp_path, done_pos_weight):
+    # Before padding these episodes (all shorter than seq_len) were dropped and the done head
+    # never saw a done. Weighted, its probability crosses the dream's 0.5 at the ends.
+    run = tmp_path / "run"
+    run.mkdir()
+    _terminating_latents(run / "latents_vae.h5")
+    cfg = config(seq_len=24, batch_size=6, hidden_dim=16, num_gaussians=2, steps=400,
+                 eval_every=400, log_every=100, lr=1e-2, done_pos_weight=done_pos_weight, val_episodes=0.0)
+    s = train_mdnrnn(cfg, run, progress=False)
+    assert s["train_sequences"] == 24 and s["skipped_episodes"] == 0
+    terminal, other = _done_probs(run)
+    if done_pos_weight == 1.0:
+        assert 2 * other < terminal < 0.5  # it learns where episodes end, but never fires
+    else:
+        assert terminal > 0.5 > 0.1 > other, (terminal, other)
+
+
+def test_clip_gradients_by_norm_and_by_value():
+    w = torch.nn.Parameter(torch.zeros(3))
+    v = torch.nn.Parameter(torch.zeros(1))
+    for mode in ("norm", "value"):
+        w.grad, v.grad = torch.tensor([3.0, -4.0, 0.0]), torch.tensor([12.0])
+        norm = train_module.clip_gradients([w, v], 1.0, mode)
+        assert float(norm) == pytest.approx(13.0)  # before clipping
+        if mode == "norm":  # the whole gradient rescaled to norm 1, direction kept
+            torch.testing.assert_close(w.grad, torch.tensor([3.0, -4.0, 0.0]) / 13)
+            torch.testing.assert_close(v.grad, torch.tensor([12.0]) / 13)
+        else:  # each element clamped to [-1, 1] (tf.clip_by_value)
+            torch.testing.assert_close(w.grad, torch.tensor([1.0, -1.0, 0.0]))
+            torch.testing.assert_close(v.grad, torch.tensor([1.0]))
+    assert train_module.clip_gradients([w, v], 0.0, "value") is None
+    with pytest.raises(ConfigError, match="grad_clip_mode"):
+        train_module.clip_gradients([w, v], 1.0, "max")
+
+
+def test_mixture_loss_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    from worldmodels.memory import mixture_nll
+
+    m = config(compile_loss="no").mdnrnn
+    assert train_module.mixture_loss_fn(m) is mixture_nll
+    assert train_module.mixture_loss_fn(config(compile_loss="auto").mdnrnn) is mixture_nll  # small
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    fn = train_module.mixture_loss_fn(config(compile_loss="yes").mdnrnn)
+    params, x = torch.randn(2, 3, 3, 4, 5), torch.randn(2, 3, 4)
+    with pytest.warns(UserWarning, match="eagerly"):
+        torch.testing.assert_close(fn(params, x), mixture_nll(params, x))
+    torch.testing.assert_close(fn(params, x), mixture_nll(params, x))  # eager from now on
+
+
+@pytest.mark.slow
+def test_compiled_mixture_loss_equals_eager():
+    from worldmodels.memory import mixture_nll
+
+    fn = train_module.mixture_loss_fn(config(compile_loss="yes").mdnrnn)
+    params = torch.randn(4, 8, 3, 6, 5, requires_grad=True)
+    x = torch.randn(4, 8, 6)
+    compiled = fn(params, x)
+    (grad,) = torch.autograd.grad(compiled.sum(), params)
+    eager = mixture_nll(params, x)
+    (ref,) = torch.autograd.grad(eager.sum(), params)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(grad, ref)
 
 
 def test_discrete_m_on_vqvae_codes(tmp_path, source):
@@ -231,7 +331,36 @@ def test_script_help_and_missing_latents(tmp_path, source):
 def test_benchmark_rows():
     from worldmodels.benchmark.mdnrnn import run
 
-    (row,) = run(batch_size=2, seq_len=5, steps=1, device="cpu", hidden_dim=16)
-    assert (row["model"], row["batch"], row["seq_len"], row["precision"]) == (
+    ours, ref = run(batch_size=2, seq_len=5, steps=1, device="cpu", hidden_dim=16)
+    assert (ours["impl"], ref["impl"]) == ("ours", "reference")
+    assert (ours["model"], ours["batch"], ours["seq_len"], ref["precision"]) == (
         "mdnrnn", 2, 5, "fp32")
-    assert row["seq-steps/s"] > 0 and row["ms/step"] > 0
+    assert ours["params"] == ref["params"] and ours["seq-steps/s"] > 0 and ref["ms/step"] > 0
+    assert ours["vs_reference"] == pytest.approx(ours["seq-steps/s"] / ref["seq-steps/s"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_loss_equals_the_plain_reference_loss(precision):
+    from worldmodels.benchmark.mdnrnn import (
+        ReferenceMDNRNN,
+        _batch,
+        reference_loss,
+        reference_weights,
+    )
+    from worldmodels.generative.vae import reparameterize
+
+    torch.manual_seed(0)
+    model = MDNRNN(32, 3, 24, 5)
+    ref = ReferenceMDNRNN(32, 3, 24, 5)
+    ref.load_state_dict(reference_weights(model))
+    mu, logvar, batch, g = _batch(3, 12, torch.device("cpu"))
+    batch["z"] = reparameterize(mu, logvar, g)
+    batch["dones"][:, -1] = 1.0
+    ours = train_module.sequence_losses(model, batch, done_pos_weight=10.0,
+                                        precision=precision)["loss"]
+    plain = reference_loss(ref, batch, done_pos_weight=10.0)
+    assert ours.dtype == torch.float32
+    if precision == "fp32":
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+    else:  # bf16 LSTM (the default on CPUs with native bf16): fp32 loss, bf16-close
+        assert (ours - plain).abs().item() < 1e-3 * plain.abs().item()

@@ -46,7 +46,9 @@ one episode; inputs ``z_t, a_t`` for ``t < L``, targets ``z_{t+1}``, ``reward_t`
 reward of action ``a_t``) and ``done_t`` (the episode terminated by that action). The last
 transition of a *terminated* episode has no next frame: it is kept (it is the only
 positive example of the done head) with ``next_valid = False``, which removes its
-``z_{t+1}`` term from the loss. Episodes with fewer than ``L`` transitions are skipped.
+``z_{t+1}`` term from the loss. An episode with fewer than ``L`` transitions (one that left
+the playfield early: its -100 reward and its done are what M's reward and done heads must
+learn) gives one sequence padded to ``L``, its padding masked (``mask = False``).
 Batches are cut from one tensor per field held on the device (the fast path: 10,000 x 1,000
 x 2 x 32 floats are 2.5 GB) or read from the file window by window.
 """
@@ -669,7 +671,9 @@ class LatentSequences:
     last transition, whose ``z_{t+1}`` is missing: ``next_valid`` is False there); it gives
     ``n = (U - L) // L + 1`` windows ``L`` apart, starting at an offset in ``[0, U - L -
     (n - 1) L]`` drawn per epoch (so every transition is seen across epochs; 0 for
-    validation). Episodes with ``U < L`` are skipped.
+    validation). An episode with ``0 < U < L`` gives one window at 0 whose steps past the
+    episode repeat its last step and are masked (``mask`` False); episodes with no
+    transition (one step, not terminated) are skipped.
 
     :param data: the latents.
     :param seq_len: L.
@@ -677,7 +681,7 @@ class LatentSequences:
     :param device: where batches are delivered.
     :param in_memory: hold every step on ``device`` (:func:`load_latents`) and cut batches
         there; otherwise read each window from the file.
-    :raises DataError: no chosen episode has ``L`` transitions (names the longest).
+    :raises DataError: no chosen episode has a transition.
     """
 
     def __init__(self, data: LatentDataset, seq_len: int, episodes: Sequence[int] | None = None,
@@ -687,21 +691,20 @@ class LatentSequences:
         self.data, self.seq_len, self.device = data, seq_len, torch.device(device)
         chosen = np.arange(len(data)) if episodes is None else np.asarray(episodes, np.int64)
         transitions = data.lengths[chosen] - 1 + data.terminated[chosen]
-        usable = transitions >= seq_len
+        usable = transitions >= 1
         if len(chosen) and not usable.any():
-            longest = int(np.argmax(data.lengths[chosen]))
             raise DataError(
-                f"no episode of {data.path} is long enough for seq_len={seq_len}: the longest "
-                f"of the {len(chosen)} chosen episodes has {int(data.lengths[chosen][longest])} "
-                f"steps ({int(transitions[longest])} transitions); lower --seq-len or collect "
-                "longer episodes (collect.max_steps)")
+                f"no episode of {data.path} has a transition: the {len(chosen)} chosen "
+                "episodes have one step each; collect longer episodes (collect.max_steps)")
         #: file indices of the usable episodes, their lengths and transition counts
         self.episodes = chosen[usable]
         self.skipped = int((~usable).sum())
         self.lengths = data.lengths[self.episodes]
         self.transitions = transitions[usable]
-        self.counts = (self.transitions - seq_len) // seq_len + 1
-        self.slack = self.transitions - seq_len - (self.counts - 1) * seq_len
+        self.counts = np.maximum((self.transitions - seq_len) // seq_len + 1, 1)
+        self.slack = np.maximum(self.transitions - seq_len - (self.counts - 1) * seq_len, 0)
+        #: episodes shorter than one sequence (each one padded window)
+        self.padded = int((self.transitions < seq_len).sum())
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.tensors = load_latents(data, self.episodes, self.device) if in_memory else None
 
@@ -749,23 +752,29 @@ class LatentSequences:
             paper's resampling); on any device.
         :param sample: False gives ``z = mu``.
         :return: ``z`` (B, L+1, D) float32 or ``codes`` (B, L+1, cells) int64 (steps
-            ``s..s+L``; the step after a terminal one repeats it and is masked);
-            ``actions`` (B, L, 3); ``rewards`` (B, L) float32; ``dones`` (B, L) float32;
-            ``next_valid`` (B, L) bool, whether ``z_{t+1}`` exists.
+            ``s..s+L``; steps past the episode's end repeat its last step); ``actions``
+            (B, L, 3); ``rewards`` (B, L) float32; ``dones`` (B, L) float32; ``mask``
+            (B, L) bool, whether transition ``t`` is real (False on the padding of a short
+            episode); ``next_valid`` (B, L) bool, whether ``z_{t+1}`` exists (False on the
+            padding and on a terminated episode's last transition).
         """
         L = self.seq_len
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         first = self.offsets[rows[:, 0]] + rows[:, 1]  # (B,) index of step s
         last = self.offsets[rows[:, 0] + 1] - 1  # (B,) index of the episode's last step
+        # (B,) index of the step of the last transition: the last step when terminated
+        last_real = self.offsets[rows[:, 0]] + self.transitions[rows[:, 0]] - 1
         if self.tensors is not None:
             t = self.tensors
             first_t = torch.from_numpy(first).to(self.device)
             last_t = torch.from_numpy(last).to(self.device)
             idx = first_t[:, None] + torch.arange(L + 1, device=self.device)
-            next_valid = idx[:, 1:] <= last_t[:, None]
+            mask = idx[:, :L] <= torch.from_numpy(last_real).to(self.device)[:, None]
+            next_valid = (idx[:, 1:] <= last_t[:, None]) & mask
             idx = torch.minimum(idx, last_t[:, None])
             out = {"actions": t.actions[idx[:, :L]], "rewards": t.rewards[idx[:, :L]],
-                   "dones": t.terminated[idx[:, :L]].float(), "next_valid": next_valid}
+                   "dones": t.terminated[idx[:, :L]].float(), "mask": mask,
+                   "next_valid": next_valid}
             fields = {name: getattr(t, name)[idx] for name in self.data.latent_fields}
         else:
             out, fields = self._read(rows)
@@ -782,11 +791,13 @@ class LatentSequences:
         L = self.seq_len
         per_field: dict[str, list[np.ndarray]] = {}
         valid = np.ones((len(rows), L), dtype=bool)
+        mask = np.ones((len(rows), L), dtype=bool)
         for i, (j, s) in enumerate(rows):
             k, T = int(self.episodes[j]), int(self.lengths[j])
             stop = min(int(s) + L + 1, T)
-            if stop - s < L + 1:  # the terminal window: repeat the last step, mask it
+            if stop - s < L + 1:  # past the episode's end: repeat the last step, mask it
                 valid[i, stop - s - 1:] = False
+                mask[i, int(self.transitions[j]) - int(s):] = False
             for field in (*self.data.latent_fields, "actions", "rewards", "terminated"):
                 x = self.data.read(k, field, int(s), stop)
                 if field in self.data.latent_fields:
@@ -800,6 +811,7 @@ class LatentSequences:
             "actions": torch.from_numpy(arr["actions"][:, :L].astype(np.float32)).to(dev),
             "rewards": torch.from_numpy(arr["rewards"][:, :L].astype(np.float32)).to(dev),
             "dones": torch.from_numpy(arr["terminated"][:, :L].astype(np.float32)).to(dev),
+            "mask": torch.from_numpy(mask).to(dev),
             "next_valid": torch.from_numpy(valid).to(dev),
         }
         return out, {f: torch.from_numpy(arr[f]).to(dev) for f in self.data.latent_fields}

@@ -1,15 +1,16 @@
 """M, the memory of Ha & Schmidhuber, *World Models* (2018, arXiv:1803.10122).
 
-* :class:`MDNRNN`, :func:`gmm_nll`, :func:`mdnrnn_loss`, :func:`sample_next`: an LSTM whose
+* :class:`MDNRNN`, :func:`gmm_nll`, :func:`mixture_nll`, :func:`sample_next`: an LSTM whose
   hidden state parameterises a mixture density network (Bishop, *Mixture Density Networks*,
   1994; the MDN-RNN of Graves, *Generating Sequences With Recurrent Neural Networks*, 2013,
   arXiv:1308.0850): one K-component Gaussian mixture per latent dimension for ``z_{t+1}``, plus
   reward and done heads; temperature sampling for the dream; :meth:`MDNRNN.step` for inference.
-* :class:`DiscreteMDNRNN`, :func:`discrete_mdnrnn_loss`, :func:`sample_next_codes`: the same
+* :class:`DiscreteMDNRNN`, :func:`sample_next_codes`: the same
   memory for a VQ-VAE latent (van den Oord et al. 2017, arXiv:1711.00937), a categorical over
   the codebook per grid cell.
 
-Heads, losses and sampling run in fp32 under autocast.
+Heads, mixture NLLs and sampling run in fp32 under autocast; M's training objective is
+:func:`worldmodels.train.mdnrnn.sequence_losses`.
 """
 
 from worldmodels.memory.mdnrnn import (
@@ -17,9 +18,8 @@ from worldmodels.memory.mdnrnn import (
     DiscreteMDNOutput,
     DiscreteMDNRNN,
     MDNOutput,
-    discrete_mdnrnn_loss,
     gmm_nll,
-    mdnrnn_loss,
+    mixture_nll,
     sample_next,
     sample_next_codes,
 )
@@ -28,10 +28,9 @@ __all__ = [
     "MDNRNN",
     "MDNOutput",
     "gmm_nll",
-    "mdnrnn_loss",
+    "mixture_nll",
     "sample_next",
     "DiscreteMDNRNN",
     "DiscreteMDNOutput",
-    "discrete_mdnrnn_loss",
     "sample_next_codes",
 ]

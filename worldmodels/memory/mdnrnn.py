@@ -10,9 +10,10 @@ every latent dimension ``j`` has its **own** K-component 1-D Gaussian mixture::
     p(z_{t+1,j}) = sum_k pi_{t,j,k} N(z_{t+1,j}; mu_{t,j,k}, sigma_{t,j,k}^2),   K = 5
 
 so the head outputs ``3 * D * K`` numbers per step (mixture logits, means, log-sigmas). Two
-scalar heads predict the reward (regression) and the end of the episode (a logit). The loss
-is the mean negative log-likelihood per latent dimension plus the weighted auxiliary terms
-(:func:`mdnrnn_loss`). In the dream, :func:`sample_next` draws ``z_{t+1}`` with the paper's
+scalar heads predict the reward (regression) and the end of the episode (a logit). The
+mixture term of M's loss is :func:`gmm_nll` (from normalised weights) or, straight from the
+head's raw output, :func:`mixture_nll`; the training objective that adds the reward and done
+terms is :func:`worldmodels.train.mdnrnn.sequence_losses`. In the dream, :func:`sample_next` draws ``z_{t+1}`` with the paper's
 temperature ``tau``: mixture logits divided by ``tau``, ``sigma`` scaled by ``sqrt(tau)``.
 
 :class:`DiscreteMDNRNN` is the same memory for a VQ-VAE's discrete latent (van den Oord et al.
@@ -40,11 +41,10 @@ __all__ = [
     "MDNOutput",
     "MDNRNN",
     "gmm_nll",
-    "mdnrnn_loss",
+    "mixture_nll",
     "sample_next",
     "DiscreteMDNOutput",
     "DiscreteMDNRNN",
-    "discrete_mdnrnn_loss",
     "sample_next_codes",
 ]
 
@@ -117,6 +117,38 @@ def gmm_nll(
         scaled = (x.unsqueeze(-1) - mu) * torch.exp(-logsigma)
         log_components = logpi - logsigma - _LOG_SQRT_2PI - 0.5 * scaled.square()
         return -torch.logsumexp(log_components, dim=-1)
+
+
+def mixture_nll(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:func:`gmm_nll` straight from the mixture head's raw output, without ``logpi``.
+
+    ``params`` (..., 3, D, K) holds ``(logits, mu, logsigma)`` along dim -3 (what
+    :meth:`MDNRNN.raw` returns). With ``s_k = (x - mu_k) exp(-logsigma_k)``::
+
+        nll = logsumexp_k logits_k - logsumexp_k [logits_k - logsigma_k - 0.5 s_k^2]
+              + 0.5 log(2 pi)
+
+    which equals ``gmm_nll(x, log_softmax(logits), mu, logsigma)`` (the normaliser of the
+    weights leaves the inner log-sum-exp as a constant), with one pass less over the
+    (..., D, K) tensors and no ``logpi`` to keep for the backward. Pure elementwise ops and
+    two K-reductions: what ``torch.compile`` fuses into a loop or two, forward and backward.
+    fp32 with autocast disabled (fp64 stays fp64).
+
+    :param params: (..., 3, D, K) logits, means and log standard deviations.
+    :param x: (..., D) values.
+    :return: (..., D) NLL in nats.
+    """
+    if params.dim() < 3 or params.shape[-3] != 3 or x.shape != params.shape[:-3] + params.shape[-2:-1]:
+        raise ValueError(
+            f"params must have shape (..., 3, D, K) and x (..., D), got {tuple(params.shape)} "
+            f"and {tuple(x.shape)}"
+        )
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        logits, mu, logsigma = _fp32(params).unbind(dim=-3)
+        scaled = (_fp32(x).unsqueeze(-1) - mu) * torch.exp(-logsigma)
+        log_components = logits - logsigma - 0.5 * scaled.square()
+        return (torch.logsumexp(logits, dim=-1) - torch.logsumexp(log_components, dim=-1)
+                + _LOG_SQRT_2PI)
 
 
 class MDNOutput(NamedTuple):
@@ -230,6 +262,21 @@ class MDNRNN(_RecurrentMemory):
         }  # fmt: skip
         self.mdn = nn.Linear(hidden_dim, 3 * latent_dim * num_gaussians)
 
+    def raw(
+        self, z: torch.Tensor, a: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, State]:
+        """:meth:`forward` before the mixture logits are normalised (what training's fused
+        :func:`mixture_nll` reads): z (B, T, D), a (B, T, A) -> ``(params, reward,
+        done_logit, state)``, ``params`` (B, T, 3, D, K) fp32 = ``(logits, mu, logsigma)``
+        along dim 2, ``reward`` and ``done_logit`` (B, T) fp32 or None."""
+        if z.dim() != 3 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape (B, T, {self.latent_dim}), got {tuple(z.shape)}")
+        self._check_actions(a, tuple(z.shape[:2]))
+        hs, state = self._recur(torch.cat([z, a.to(z.dtype)], dim=-1), state)
+        params = _linear_fp32(self.mdn, hs).unflatten(-1, (3, self.latent_dim, self.num_gaussians))
+        reward, done_logit = self._scalar_heads(hs)
+        return params, reward, done_logit, state
+
     def forward(self, z: torch.Tensor, a: torch.Tensor, state: State | None = None) -> MDNOutput:
         """Run the sequence: z (B, T, D), a (B, T, A) -> :class:`MDNOutput` with (B, T, ...).
 
@@ -237,13 +284,8 @@ class MDNRNN(_RecurrentMemory):
 
         :param state: ``(h, c)`` each (B, H) to continue from; ``None`` = zeros.
         """
-        if z.dim() != 3 or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape (B, T, {self.latent_dim}), got {tuple(z.shape)}")
-        self._check_actions(a, tuple(z.shape[:2]))
-        hs, state = self._recur(torch.cat([z, a.to(z.dtype)], dim=-1), state)
-        params = _linear_fp32(self.mdn, hs).unflatten(-1, (3, self.latent_dim, self.num_gaussians))
+        params, reward, done_logit, state = self.raw(z, a, state)
         logits, mu, logsigma = params.unbind(dim=-3)
-        reward, done_logit = self._scalar_heads(hs)
         return MDNOutput(F.log_softmax(logits, dim=-1), mu, logsigma, reward, done_logit, state)
 
     def step(
@@ -260,113 +302,6 @@ class MDNRNN(_RecurrentMemory):
         out = self.forward(z.unsqueeze(1), a.unsqueeze(1), state)
         out = MDNOutput(*(None if t is None else t[:, 0] for t in out[:5]), out.state)
         return out, out.state
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of (B, T) ``values`` over the steps where ``mask`` is true (all without a mask).
-
-    ``torch.where`` (not a product) so NaN/inf in padded steps cannot leak into the mean."""
-    if mask is None:
-        return values.mean()
-    if mask.shape != values.shape:
-        raise ValueError(f"mask must have shape {tuple(values.shape)}, got {tuple(mask.shape)}")
-    m = mask.to(torch.bool)
-    return torch.where(m, values, torch.zeros_like(values)).sum() / m.sum().clamp_min(1)
-
-
-def _zero_padding(mask: torch.Tensor | None, *targets: torch.Tensor | None) -> list[Any]:
-    """Targets (B, T, ...) with padded steps (``mask`` false) set to 0.
-
-    Needed besides the masked mean: a NaN target there would give a NaN gradient, since
-    ``torch.where`` sends zeros back through the NaN branch and ``0 * NaN = NaN``."""
-    if mask is None:
-        return list(targets)
-    m = mask.to(torch.bool)
-    out = []
-    for t in targets:
-        # Mis-shaped targets pass through untouched: the losses' shape checks report them.
-        if t is not None and t.shape[:2] == m.shape:
-            t = torch.where(m.view(*m.shape, *(1,) * (t.dim() - 2)), t, torch.zeros_like(t))
-        out.append(t)
-    return out
-
-
-def _auxiliary_losses(
-    out: MDNOutput | DiscreteMDNOutput,
-    reward: torch.Tensor | None,
-    done: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    done_pos_weight: float,
-    zero: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reward MSE, done BCE-with-logits), each a masked mean; zero for a missing head."""
-    reward_term = done_term = zero
-    m = None if mask is None else mask.to(torch.bool)
-    if out.reward is not None:
-        if reward is None or reward.shape != out.reward.shape:
-            got = None if reward is None else tuple(reward.shape)
-            raise ValueError(
-                f"the model has a reward head: pass reward targets of shape "
-                f"{tuple(out.reward.shape)}, got {got}"
-            )
-        reward_term = _masked_mean((out.reward - _fp32(reward)).square(), m)
-    if out.done_logit is not None:
-        if done is None or done.shape != out.done_logit.shape:
-            got = None if done is None else tuple(done.shape)
-            raise ValueError(
-                f"the model has a done head: pass done targets of shape "
-                f"{tuple(out.done_logit.shape)}, got {got}"
-            )
-        logit = out.done_logit
-        target = _fp32(done).to(logit.dtype)
-        pos_weight = None
-        if done_pos_weight != 1.0:
-            pos_weight = torch.tensor(done_pos_weight, device=logit.device, dtype=logit.dtype)
-        bce = F.binary_cross_entropy_with_logits(
-            logit, target, reduction="none", pos_weight=pos_weight
-        )
-        done_term = _masked_mean(bce, m)
-    return reward_term, done_term
-
-
-def mdnrnn_loss(
-    out: MDNOutput,
-    z_next: torch.Tensor,
-    reward: torch.Tensor | None = None,
-    done: torch.Tensor | None = None,
-    reward_weight: float = 1.0,
-    done_weight: float = 1.0,
-    mask: torch.Tensor | None = None,
-    done_pos_weight: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """M's objective, fp32 scalars with autocast disabled::
-
-        loss = gmm + reward_weight * reward + done_weight * done
-        gmm    = mean_{b,t,j} gmm_nll(z_next, logpi, mu, logsigma)_{b,t,j}   (nats per latent dim)
-        reward = mean_{b,t} (reward_hat - reward)^2
-        done   = mean_{b,t} BCEWithLogits(done_logit, done)
-
-    Means run over the steps where ``mask`` is true; the *targets* of padded steps may hold
-    anything, even NaN (their inputs must stay finite for the gradient to be). A term whose
-    head the model lacks is zero (its target may then be ``None``).
-
-    :param out: :class:`MDNOutput` of :meth:`MDNRNN.forward` (B, T, ...).
-    :param z_next: (B, T, D) targets ``z_{t+1}``.
-    :param reward: (B, T) rewards ``r_{t+1}``.
-    :param done: (B, T) bool/0-1 episode ends.
-    :param mask: optional (B, T) bool, true on real (non-padded) steps.
-    :param done_pos_weight: BCE weight of positive (done) steps, which are rare.
-    :return: dict of scalars ``loss``, ``gmm``, ``reward``, ``done``.
-    """
-    with torch.autocast(device_type=z_next.device.type, enabled=False):
-        z_next, reward, done = _zero_padding(mask, z_next, reward, done)
-        nll = gmm_nll(z_next, out.logpi, out.mu, out.logsigma)  # (B, T, D)
-        gmm = _masked_mean(nll.mean(dim=-1), mask)
-        reward_term, done_term = _auxiliary_losses(
-            out, reward, done, mask, done_pos_weight, gmm.new_zeros(())
-        )
-        loss = gmm + reward_weight * reward_term + done_weight * done_term
-    return {"loss": loss, "gmm": gmm, "reward": reward_term, "done": done_term}
 
 
 def sample_next(
@@ -507,47 +442,6 @@ class DiscreteMDNRNN(_RecurrentMemory):
         out = self.forward(codes.unsqueeze(1), a.unsqueeze(1), state)
         out = DiscreteMDNOutput(*(None if t is None else t[:, 0] for t in out[:3]), out.state)
         return out, out.state
-
-
-def discrete_mdnrnn_loss(
-    out: DiscreteMDNOutput,
-    codes_next: torch.Tensor,
-    reward: torch.Tensor | None = None,
-    done: torch.Tensor | None = None,
-    reward_weight: float = 1.0,
-    done_weight: float = 1.0,
-    mask: torch.Tensor | None = None,
-    done_pos_weight: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """The discrete M's objective (fp32 scalars)::
-
-        loss = ce + reward_weight * reward + done_weight * done
-        ce   = mean_{b,t,i} -log softmax(logits_{b,t,i})[codes_next_{b,t,i}]   (nats per cell)
-
-    ``reward`` and ``done`` as in :func:`mdnrnn_loss`; means over the steps where ``mask`` is
-    true (codes of padded steps are ignored, even out-of-range ones).
-
-    :param out: :class:`DiscreteMDNOutput` of :meth:`DiscreteMDNRNN.forward`.
-    :param codes_next: (B, T, cells) or (B, T, h, w) int64 targets.
-    :return: dict of scalars ``loss``, ``ce``, ``reward``, ``done``.
-    """
-    B, T, cells, K = out.logits.shape
-    target = codes_next.reshape(B, T, -1)
-    if target.shape[-1] != cells:
-        raise ValueError(
-            f"codes_next must have {cells} cells per step, got shape {tuple(codes_next.shape)}"
-        )
-    with torch.autocast(device_type=out.logits.device.type, enabled=False):
-        # Padded steps may hold any code (e.g. -1) or reward: zero them before the losses.
-        target, reward, done = _zero_padding(mask, target, reward, done)
-        logits = _fp32(out.logits)
-        ce = F.cross_entropy(logits.reshape(-1, K), target.reshape(-1).long(), reduction="none")
-        ce = _masked_mean(ce.view(B, T, cells).mean(dim=-1), mask)
-        reward_term, done_term = _auxiliary_losses(
-            out, reward, done, mask, done_pos_weight, ce.new_zeros(())
-        )
-        loss = ce + reward_weight * reward_term + done_weight * done_term
-    return {"loss": loss, "ce": ce, "reward": reward_term, "done": done_term}
 
 
 def sample_next_codes(

@@ -4,19 +4,28 @@ Ha & Schmidhuber, *World Models* (2018, arXiv:1803.10122), section 2.2 and appen
 LSTM of 256 units reads ``[z_t, a_t]`` and models ``P(z_{t+1} | a_t, z_t, h_t)`` as a mixture
 of 5 Gaussians per latent dimension (a mixture density network, Bishop 1994, on an RNN as
 in Graves 2013, arXiv:1308.0850), trained with teacher forcing on sequences of 999
-transitions, batches of 100, Adam at 1e-3, gradient norm clipped at 1.0, 4,000 steps (the
-authors' ``rnn.py``). As in their ``rnn_train.py`` the input ``z`` is drawn afresh from V's
-posterior ``N(mu, sigma^2)`` at every batch. Here M also predicts the reward and the end of
+transitions, batches of 100, Adam at 1e-3, gradients clipped at 1.0, 4,000 steps (the
+authors' ``rnn.py``, which clips each element). As in their ``rnn_train.py`` the input
+``z`` is drawn afresh from V's posterior ``N(mu, sigma^2)`` at every batch. Here M also predicts the reward and the end of
 the episode (:mod:`worldmodels.memory.mdnrnn`); for a VQ-VAE V (van den Oord et al. 2017)
 the discrete M predicts a categorical over the codebook per grid cell.
 
     python scripts/train_mdnrnn.py --run runs/demo           # after scripts/encode.py
 
-Objective per batch (fp32, :func:`sequence_losses`)::
+Objective per batch (fp32, :func:`sequence_losses`), means over the real steps (an episode
+shorter than ``seq_len`` is one padded sequence, its padding masked)::
 
-    loss = nll + reward_weight * mean (r_hat - r)^2 + done_weight * mean BCE(done_logit, done)
+    loss = nll + reward_weight * mean (r_hat - r)^2
+               + done_weight * mean BCE_w(done_logit, done),  w = done_pos_weight
     nll  = mean over valid (b, t, j) of -log sum_k pi_k N(z_{t+1,j}; mu_k, sigma_k^2)
            (nats per latent dimension; discrete: cross-entropy in nats per grid cell)
+
+Dones are about one step in a thousand: ``done_pos_weight`` (BCE weight of the done steps)
+lifts the done head's probability where episodes end, so that the dream (which ends an
+episode at ``P(done) > 0.5``) ends them. Gradient clipping at ``grad_clip`` is by global
+norm or, as the authors' ``tf.clip_by_value``, per element (``grad_clip_mode``,
+:func:`clip_gradients`). Speed on a CPU: the LSTM under bf16 autocast where the CPU has
+native bf16 (``precision``), the mixture NLL compiled (``compile_loss``), fused Adam.
 
 **Validation** (every ``eval_every`` steps, default each pass over the training sequences)
 runs over every window of the held-out episodes with ``z`` drawn from a fixed generator (so
@@ -48,7 +57,8 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,9 +87,11 @@ from worldmodels.memory import (
     MDNRNN,
     DiscreteMDNRNN,
     gmm_nll,
+    mixture_nll,
     sample_next,
     sample_next_codes,
 )
+from worldmodels.train.vae import fused_adam, training_autocast
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     describe_diff,
@@ -106,6 +118,8 @@ __all__ = [
     "build_mdnrnn",
     "model_from_latents",
     "sequence_losses",
+    "mixture_loss_fn",
+    "clip_gradients",
     "init_heads",
     "evaluate",
     "prediction_strip",
@@ -176,31 +190,126 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
-def sequence_losses(model: nn.Module, batch: dict[str, torch.Tensor], reward_weight: float = 1.0,
-                    done_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """One teacher-forced forward pass over a batch of :class:`LatentSequences` and its
-    losses (fp32 scalars ``loss``, ``nll``, ``reward``, ``done``; formula in the module
-    docstring).
+#: mixture elements (batch x seq_len x D x K) from which ``compile_loss="auto"`` compiles
+COMPILE_LOSS_MIN_ELEMENTS = 2**22
 
-    The recurrent core runs under bf16 autocast on CUDA (cuDNN LSTM); the heads and the
-    losses in fp32. Not :func:`~worldmodels.memory.mdnrnn_loss`: its one mask would also
-    drop the reward and done of a terminated episode's last transition (whose next frame
-    does not exist), the done head's only positive examples; here only its ``z`` term is
-    masked (``next_valid``).
+
+def mixture_loss_fn(m: MDNRNNConfig, batch_size: int | None = None,
+                    latent_dim: int = 32) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The mixture NLL training uses: :func:`~worldmodels.memory.mixture_nll`, compiled
+    (``torch.compile``, forward and backward fused by Inductor: 2.5x the eager pair on a
+    CPU) when ``m.compile_loss`` says so, with the eager function as fallback where
+    compiling fails (no C++ compiler, unsupported backend): the result is the same to float
+    rounding either way.
+
+    :param batch_size: sequences per batch (default ``m.batch_size``), for ``auto``.
+    """
+    elements = (batch_size or m.batch_size) * m.seq_len * latent_dim * m.num_gaussians
+    if m.compile_loss == "no" or (m.compile_loss == "auto"
+                                  and elements < COMPILE_LOSS_MIN_ELEMENTS):
+        return mixture_nll
+    compiled = torch.compile(mixture_nll, dynamic=False)
+    state = {"fn": compiled}
+
+    def fn(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return state["fn"](params, x)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly
+            if state["fn"] is mixture_nll:
+                raise
+            warnings.warn(f"torch.compile of M's mixture NLL failed ({type(e).__name__}); "
+                          "running it eagerly", stacklevel=2)
+            state["fn"] = mixture_nll
+            return mixture_nll(params, x)
+
+    return fn
+
+
+def sequence_losses(model: nn.Module, batch: dict[str, torch.Tensor], reward_weight: float = 1.0,
+                    done_weight: float = 1.0, done_pos_weight: float = 1.0,
+                    precision: str = "auto",
+                    nll_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mixture_nll,
+                    ) -> dict[str, torch.Tensor]:
+    """One teacher-forced forward pass over a batch of :class:`LatentSequences` and its
+    losses, fp32 scalars ``loss``, ``nll``, ``reward``, ``done``::
+
+        loss   = nll + reward_weight * reward + done_weight * done
+        nll    = mean over (b, t, j) with mask & next_valid of
+                 -log sum_k pi_k N(z_{t+1,j}; mu_k, sigma_k^2)       (nats per latent dim;
+                 discrete M: cross-entropy per grid cell)
+        reward = mean over (b, t) with mask of (r_hat - r)^2
+        done   = mean over (b, t) with mask of
+                 -[w d log sigmoid(l) + (1 - d) log(1 - sigmoid(l))], w = done_pos_weight
+
+    ``mask`` is false on the padding of episodes shorter than the sequence (whose values
+    must be finite: :class:`LatentSequences` repeats the last step); ``next_valid``
+    also drops the ``z`` term of a terminated episode's last transition (whose next frame
+    does not exist) but keeps its reward and done: the done head's only positive examples.
+
+    The recurrent core runs under :func:`~worldmodels.train.vae.training_autocast`
+    (``precision``: bf16 on CUDA and on CPUs with native bf16); the heads and the losses
+    in fp32. For :class:`MDNRNN` the mixture term is ``nll_fn`` (default
+    :func:`~worldmodels.memory.mixture_nll`, or the compiled one of :func:`mixture_loss_fn`)
+    on the head's raw output; a compiled or discrete M goes through its ``forward``.
 
     :param model: M (:class:`MDNRNN` or :class:`DiscreteMDNRNN`, possibly compiled).
     :param batch: ``z`` (B, L+1, D) or ``codes`` (B, L+1, cells), ``actions`` (B, L, 3),
-        ``rewards``, ``dones`` (B, L) float, ``next_valid`` (B, L) bool.
+        ``rewards``, ``dones`` (B, L) float, ``next_valid`` (B, L) bool and optionally
+        ``mask`` (B, L) bool (default: every step real).
     """
     x = _inputs(batch)
-    with autocast(x.device):
-        out = model(x[:, :-1], batch["actions"])
+    mask = batch.get("mask")
+    if mask is None:
+        mask = torch.ones_like(batch["next_valid"])
+    with training_autocast(x.device, precision):
+        if isinstance(model, MDNRNN):
+            params, reward_hat, done_logit, _ = model.raw(x[:, :-1], batch["actions"])
+        else:
+            out = model(x[:, :-1], batch["actions"])
+            reward_hat, done_logit = out.reward, out.done_logit
     with torch.autocast(device_type=x.device.type, enabled=False):
-        nll = _masked_mean(_next_latent_nll(out, x[:, 1:]), batch["next_valid"])
-        reward = (out.reward - batch["rewards"]).square().mean()
-        done = F.binary_cross_entropy_with_logits(out.done_logit, batch["dones"])
+        if isinstance(model, MDNRNN):
+            per_step = nll_fn(params, x[:, 1:]).mean(-1)
+        else:
+            per_step = _next_latent_nll(out, x[:, 1:])
+        nll = _masked_mean(per_step, batch["next_valid"] & mask)
+        zero = nll.new_zeros(())
+        reward = zero if reward_hat is None else _masked_mean(
+            (reward_hat - batch["rewards"]).square(), mask)
+        done = zero if done_logit is None else _masked_mean(
+            _done_bce(done_logit, batch["dones"], done_pos_weight), mask)
         loss = nll + reward_weight * reward + done_weight * done
     return {"loss": loss, "nll": nll, "reward": reward, "done": done}
+
+
+def _done_bce(logit: torch.Tensor, done: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Per-step BCE of the done logit, positives weighted by ``pos_weight``."""
+    weight = None if pos_weight == 1.0 else logit.new_tensor(pos_weight)
+    return F.binary_cross_entropy_with_logits(logit, done, reduction="none", pos_weight=weight)
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor], grad_clip: float,
+                   mode: str = "norm") -> torch.Tensor | None:
+    """Clip M's gradient in place; returns its total 2-norm before clipping (None when
+    ``grad_clip`` is 0: no clipping, nothing computed).
+
+    * ``norm``: ``g <- g * min(1, grad_clip / ||g||_2)`` over all parameters together
+      (``clip_grad_norm_``); the direction is kept.
+    * ``value``: ``g_i <- clamp(g_i, -grad_clip, grad_clip)`` per element, the authors'
+      ``tf.clip_by_value`` in WorldModelsExperiments ``carracing/rnn/rnn.py``.
+
+    Which one trains M better at the paper's 1.0 was measured (config ``grad_clip_mode``).
+    """
+    if grad_clip <= 0:
+        return None
+    params = [p for p in parameters if p.grad is not None]
+    if mode == "norm":
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if mode == "value":
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        torch.nn.utils.clip_grad_value_(params, grad_clip)
+        return norm
+    raise ConfigError(f"grad_clip_mode must be 'norm' or 'value', got {mode!r}")
 
 
 @dataclass
@@ -287,8 +396,10 @@ def init_heads(model: nn.Module, baselines: Baselines) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, seqs: LatentSequences, batch_size: int, baselines: Baselines,
              generator: torch.Generator | None = None, reward_weight: float = 1.0,
-             done_weight: float = 1.0) -> dict[str, float]:
-    """M and the baselines on every window of ``seqs`` (offset 0), same targets for both.
+             done_weight: float = 1.0, done_pos_weight: float = 1.0) -> dict[str, float]:
+    """M and the baselines on every window of ``seqs`` (offset 0), same targets for both,
+    means over the real (unpadded) steps; ``val/done_bce`` and ``val/loss`` weight the done
+    steps by ``done_pos_weight`` as training does, the baseline's BCE is unweighted.
 
     :param model: the un-compiled M; put in eval mode here (and restored after).
     :param generator: draws the target and input ``z`` (fix its seed to compare passes).
@@ -313,19 +424,25 @@ def evaluate(model: nn.Module, seqs: LatentSequences, batch_size: int, baselines
             x = _inputs(batch)
             with autocast(x.device):
                 out = model(x[:, :-1], batch["actions"])
-            valid, reward, done = batch["next_valid"], batch["rewards"], batch["dones"]
+            reward, done = batch["rewards"], batch["dones"]
+            real = batch.get("mask", torch.ones_like(batch["next_valid"]))
+            valid = batch["next_valid"] & real
+
+            def real_sum(key: str, value: torch.Tensor, where: torch.Tensor = real) -> None:
+                add(key, torch.where(where, value, 0.0))
+
             add("valid", valid)
-            add("steps", torch.ones_like(reward))
-            add("nll", torch.where(valid, _next_latent_nll(out, x[:, 1:]), 0.0))
-            add("base_nll", torch.where(valid, base.nll(x[:, 1:]), 0.0))
-            add("reward_se", (out.reward - reward).square())
-            add("base_reward_se", (base.reward_mean - reward).square())
-            add("done_bce", F.binary_cross_entropy_with_logits(out.done_logit, done,
-                                                               reduction="none"))
-            add("base_done_bce", -(done * math.log(p) + (1 - done) * math.log(1 - p)))
-            add("done_correct", ((out.done_logit > 0).float() == done).float())
-            add("base_done_correct", (torch.full_like(done, float(p >= 0.5)) == done).float())
-    valid, steps = float(totals["valid"]), float(totals["steps"])
+            add("steps", real)
+            real_sum("nll", _next_latent_nll(out, x[:, 1:]), valid)
+            real_sum("base_nll", base.nll(x[:, 1:]), valid)
+            real_sum("reward_se", (out.reward - reward).square())
+            real_sum("base_reward_se", (base.reward_mean - reward).square())
+            real_sum("done_bce", _done_bce(out.done_logit, done, done_pos_weight))
+            real_sum("base_done_bce", -(done * math.log(p) + (1 - done) * math.log(1 - p)))
+            real_sum("done_correct", ((out.done_logit > 0).float() == done).float())
+            real_sum("base_done_correct",
+                     (torch.full_like(done, float(p >= 0.5)) == done).float())
+    valid, steps = float(totals["valid"]), max(float(totals["steps"]), 1.0)
     metrics = {
         "val/nll": float(totals["nll"]) / max(valid, 1),
         "val/reward_mse": float(totals["reward_se"]) / steps,
@@ -371,6 +488,8 @@ def prediction_strip(model: nn.Module, vae: nn.Module, seqs: LatentSequences,
         return None
     j = 0
     T = int(seqs.lengths[j])
+    if T < 2:  # one frame: nothing to predict
+        return None
     n = min(steps, T - 1)
     s = min(T // 3, T - 1 - n)
     ep = seqs.episode_tensors(j)
@@ -452,8 +571,8 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         ``params``, ``steps``, ``epochs``, the ``val/...`` and ``baseline/...`` metrics of
         the last validation, ``seq_steps_per_s`` (training throughput in sequence-steps,
         i.e. batch x seq_len per optimiser step, per second), ``wall_seconds`` (all
-        invocations), ``train_sequences``, ``val_sequences``, ``skipped_episodes`` (too
-        short), ``checkpoint``, ``figure`` (the last prediction strip PNG).
+        invocations), ``train_sequences``, ``val_sequences``, ``skipped_episodes`` (no
+        transition), ``checkpoint``, ``figure`` (the last prediction strip PNG).
     :raises DataError: no or foreign latents (names ``encode.py``), latents of a V that
         changed since, no episode with ``seq_len`` transitions, fewer training sequences
         than one batch.
@@ -475,7 +594,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         train = LatentSequences(data, m.seq_len, train_eps, device, in_memory)
         try:
             val = LatentSequences(data, m.seq_len, val_eps, device, in_memory)
-        except DataError:  # no held-out episode is long enough: train without validation
+        except DataError:  # no held-out episode has a transition: train without validation
             val = LatentSequences(data, m.seq_len, [], device, in_memory)
         steps_per_epoch = len(train) // m.batch_size
         if steps_per_epoch == 0:
@@ -494,7 +613,8 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         model = model_from_latents(m, data).to(device)
         init_heads(model, baselines)
         model_config = _model_config(model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=m.lr, fused=device.type == "cuda")
+        optimizer = torch.optim.Adam(model.parameters(), lr=m.lr, fused=fused_adam(device))
+        nll_fn = mixture_loss_fn(m, latent_dim=data.latent_dim)
         params = count_parameters(model)
 
         # -- resume from last.pt, or start fresh
@@ -568,13 +688,14 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
             batch = train.batch(next(batches), noise)
 
             # -- forward, losses (fp32), backward, clip, step
-            losses = sequence_losses(train_model, batch, m.reward_weight, m.done_weight)
+            losses = sequence_losses(train_model, batch, m.reward_weight, m.done_weight,
+                                     m.done_pos_weight, m.precision, nll_fn)
             nonfinite.update(losses["loss"], step + 1)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
-            if m.grad_clip > 0:
-                losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                     m.grad_clip)
+            grad_norm = clip_gradients(model.parameters(), m.grad_clip, m.grad_clip_mode)
+            if grad_norm is not None:
+                losses["grad_norm"] = grad_norm
             optimizer.step()
             step += 1
             bar.update(1)
@@ -606,7 +727,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
                 if not stop.requested or step == target:  # on Ctrl-C: stop fast
                     generator = torch.Generator(device=device).manual_seed(val_seed)
                     metrics = evaluate(model, val, m.batch_size, baselines, generator,
-                                       m.reward_weight, m.done_weight)
+                                       m.reward_weight, m.done_weight, m.done_pos_weight)
                     if metrics:
                         logger.log(step, metrics)
                     if vae is not None:
