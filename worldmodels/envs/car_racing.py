@@ -286,9 +286,9 @@ class ApproxFrameRenderer:
         grass_color = _gfx_rgb(env.grass_color)
         polygon = pygame.draw.polygon
         for i in np.flatnonzero(inside).tolist():
-            color = grass_color if i < n_grass else _gfx_rgb(road_poly[i - n_grass][1])
+            color = grass_color if i < n_grass else tuple(map(int, road_poly[i - n_grass][1]))
             polygon(surf, color, screen[i].tolist())
-        car.draw(surf, small_zoom, small_trans, angle, False)
+        car.draw(surf, small_zoom, small_trans, angle, False)  # no skid marks, as stock
         flipped = pygame.transform.flip(surf, False, True)
         small = pygame.transform.smoothscale(flipped, (FRAME_SIZE, FRAME_SIZE))
         return np.transpose(pygame.surfarray.array3d(small), (1, 0, 2))
