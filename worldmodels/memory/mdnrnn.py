@@ -58,12 +58,6 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` computed in (at least) fp32 whatever autocast or the module's dtype says."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return F.linear(_fp32(x), _fp32(layer.weight), _fp32(layer.bias))
-
-
 def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of ``Categorical(logits=logits)`` over the last dim (Gumbel-max),
     for any leading shape: (..., K) -> (..., 1) int64."""
@@ -211,10 +205,23 @@ class _RecurrentMemory(nn.Module):
         hs, (h, c) = self.lstm(x, hx)
         return hs, (h[0], c[0])
 
-    def _scalar_heads(self, hs: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        reward = None if self.reward_head is None else _linear_fp32(self.reward_head, hs)[..., 0]
-        done = None if self.done_head is None else _linear_fp32(self.done_head, hs)[..., 0]
-        return reward, done
+    def _heads(
+        self, main: nn.Linear, hs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``main(hs)`` and the reward and done heads, in fp32, as **one** matrix product of
+        ``hs`` (converted to fp32 once) with the heads' stacked weights: the same numbers as
+        three ``nn.Linear`` calls, with one pass over the (B, T, H) hidden states instead of
+        three, forward and backward."""
+        layers = [main, *(h for h in (self.reward_head, self.done_head) if h is not None)]
+        with torch.autocast(device_type=hs.device.type, enabled=False):
+            weight = torch.cat([_fp32(layer.weight) for layer in layers])
+            bias = torch.cat([_fp32(layer.bias) for layer in layers])
+            out = F.linear(_fp32(hs), weight, bias)
+        n = main.out_features
+        rest = iter(out[..., n:].unbind(-1))
+        reward = None if self.reward_head is None else next(rest)
+        done = None if self.done_head is None else next(rest)
+        return out[..., :n], reward, done
 
 
 class MDNRNN(_RecurrentMemory):
@@ -273,8 +280,8 @@ class MDNRNN(_RecurrentMemory):
             raise ValueError(f"z must have shape (B, T, {self.latent_dim}), got {tuple(z.shape)}")
         self._check_actions(a, tuple(z.shape[:2]))
         hs, state = self._recur(torch.cat([z, a.to(z.dtype)], dim=-1), state)
-        params = _linear_fp32(self.mdn, hs).unflatten(-1, (3, self.latent_dim, self.num_gaussians))
-        reward, done_logit = self._scalar_heads(hs)
+        params, reward, done_logit = self._heads(self.mdn, hs)
+        params = params.unflatten(-1, (3, self.latent_dim, self.num_gaussians))
         return params, reward, done_logit, state
 
     def forward(self, z: torch.Tensor, a: torch.Tensor, state: State | None = None) -> MDNOutput:
@@ -429,8 +436,8 @@ class DiscreteMDNRNN(_RecurrentMemory):
         self._check_actions(a, tuple(codes.shape[:2]))
         x = self.embed(codes).flatten(2)  # (B, T, cells * E)
         hs, state = self._recur(torch.cat([x, a.to(x.dtype)], dim=-1), state)
-        logits = _linear_fp32(self.head, hs).unflatten(-1, (self.grid_cells, self.codebook_size))
-        reward, done_logit = self._scalar_heads(hs)
+        logits, reward, done_logit = self._heads(self.head, hs)
+        logits = logits.unflatten(-1, (self.grid_cells, self.codebook_size))
         return DiscreteMDNOutput(logits, reward, done_logit, state)
 
     def step(
