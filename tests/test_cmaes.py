@@ -28,7 +28,7 @@ from worldmodels.control.cmaes import (
     train_controller,
 )
 from worldmodels.control.evaluation import EpisodeSpec, make_bundle
-from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.utils.checkpoint import load_checkpoint
 
 HIDDEN = 32
@@ -98,6 +98,37 @@ def test_strategy_state_round_trips_through_a_weights_only_tensor(tmp_path):
     a, b = np.asarray(es.ask()), np.asarray(copy.ask())
     assert np.array_equal(a, b) and a.shape == (cfg.population, 10)
     assert np.array_equal(new_strategy(10, cfg).ask(), new_strategy(10, cfg).ask())
+
+
+def test_strategy_state_is_plain_data_on_the_same_trajectory(tmp_path):
+    """The paper's size (867 parameters): after a save -> weights_only load, 6 more
+    generations sample and update exactly as the uninterrupted strategy; the file loads with
+    weights_only=True (no pickled object in it; a pickled strategy, as older checkpoints hold,
+    is refused, as is a tree naming a module outside cma/numpy); C stored as a triangle."""
+    import pickle
+
+    cfg = config(population=8).controller
+    es = new_strategy(867, cfg)
+    f = lambda x: float(np.sum(np.square(x - 0.3)))  # noqa: E731
+    for _ in range(3):
+        x = es.ask()
+        es.tell(x, [f(v) for v in x])
+    torch.save({"es": strategy_to_tensor(es)}, tmp_path / "es.pt")
+    raw = (tmp_path / "es.pt").read_bytes()
+    assert len(raw) < 0.8 * len(pickle.dumps(es))  # the covariance's upper triangle only
+    copy = strategy_from_tensor(torch.load(tmp_path / "es.pt", weights_only=True)["es"])
+    for g in range(6):
+        xa, xb = np.asarray(es.ask()), np.asarray(copy.ask())
+        assert np.array_equal(xa, xb), g
+        es.tell(list(xa), [f(v) for v in xa])
+        copy.tell(list(xb), [f(v) for v in xb])
+    assert np.array_equal(es.mean, copy.mean) and es.sigma == copy.sigma
+    legacy = torch.frombuffer(bytearray(pickle.dumps(es)), dtype=torch.uint8)
+    with pytest.raises(DataError, match="pickle"):
+        strategy_from_tensor(legacy)
+    with pytest.raises(DataError, match="outside"):
+        strategy_from_tensor({"format": "worldmodels/cmaes-state-v1",
+                              "tree": {"id": 0, "ref": "os:system"}})
     assert new_strategy(10, cfg).sigma == cfg.sigma0 and not np.any(new_strategy(10, cfg).mean)
 
 

@@ -34,21 +34,21 @@ new each generation (:func:`dream_generation_seed`). Step 5 is unchanged: the me
 in the *real* environment, which is what shows whether the dream-trained C transfers.
 ``early_stop_steps`` does not apply in the dream (M has no track tiles).
 
-**Resume.** The checkpoint holds the whole CMA-ES state: the pickled
-``CMAEvolutionStrategy`` (mean, step size, covariance, evolution paths, and the private NumPy
-generator it samples from) stored as a uint8 tensor in ``extra``, so the file still loads with
-``torch.load(weights_only=True)``; the generation's track seeds are recomputed from
-``(seed, generation)``. Episodes are deterministic given seed and parameters, so a killed and
-resumed run follows exactly the trajectory of an uninterrupted one (the tests check it). A
-generation interrupted mid-way is re-run from its start. The pickle is only read back to
-resume training: resume only runs you trust (``evaluate.py`` reads the weights alone).
+**Resume.** The checkpoint holds the whole CMA-ES state as plain data
+(:mod:`worldmodels.control.es_state`: mean, step size, covariance (upper triangle) and its
+eigen-decomposition, evolution paths, counters and the private NumPy generator it samples
+from, as tensors and numbers), so the file loads with ``torch.load(weights_only=True)`` and
+resuming runs no code the file names; a checkpoint holding a pickled strategy (written before)
+is refused with a one-line error (continue from its C with ``--init``). The generation's track
+seeds are recomputed from ``(seed, generation)``. Episodes are deterministic given seed and
+parameters, so a killed and resumed run follows exactly the trajectory of an uninterrupted one
+(the tests check it). A generation interrupted mid-way is re-run from its start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pickle
 import signal
 import threading
 import time
@@ -68,6 +68,7 @@ from worldmodels.config import (
 from worldmodels.control.agent import CONTROLLER_KIND, load_world_model, world_action_repeat
 from worldmodels.control.backends import make_backend
 from worldmodels.control.controller import Controller
+from worldmodels.control.es_state import strategy_from_state, strategy_state
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.seeds import training_track
@@ -109,7 +110,7 @@ def new_strategy(num_params: int, cfg: ControllerConfig, x0: np.ndarray | None =
     """A fresh ``cma.CMAEvolutionStrategy`` at ``x0`` (default: the zero vector) with
     ``sigma0``, population
     ``cfg.population``, sampling from its own ``numpy.random.RandomState`` seeded from
-    ``cfg.seed`` (not NumPy's global generator: the pickled strategy carries its generator,
+    ``cfg.seed`` (not NumPy's global generator: the stored strategy carries its generator,
     and nothing else in the process can move it)."""
     cma = _import_cma()
     rng = np.random.RandomState(derive_seed(cfg.seed, "cmaes"))
@@ -147,15 +148,18 @@ def initial_mean(init: str | Path, controller: Controller) -> np.ndarray:
     return source.get_flat()
 
 
-def strategy_to_tensor(es: Any) -> torch.Tensor:
-    """The pickled strategy as a uint8 tensor (storable in a ``weights_only`` checkpoint)."""
-    return torch.frombuffer(bytearray(pickle.dumps(es, protocol=4)), dtype=torch.uint8)
+def strategy_to_tensor(es: Any) -> dict[str, Any]:
+    """The strategy as plain data for a ``weights_only`` checkpoint
+    (:func:`~worldmodels.control.es_state.strategy_state`; the name is kept from when it
+    was a pickle in a uint8 tensor)."""
+    return strategy_state(es)
 
 
-def strategy_from_tensor(data: torch.Tensor) -> Any:
-    """Inverse of :func:`strategy_to_tensor` (unpickles: trusted checkpoints only)."""
+def strategy_from_tensor(data: Any) -> Any:
+    """Inverse of :func:`strategy_to_tensor`, on the same trajectory; a pickled strategy (a
+    uint8 tensor, checkpoints before the plain format) is refused (:class:`DataError`)."""
     _import_cma()
-    return pickle.loads(data.cpu().numpy().tobytes())
+    return strategy_from_state(data)
 
 
 def generation_seeds(seed: int, generation: int, trials: int) -> list[int]:
