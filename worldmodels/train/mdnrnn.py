@@ -298,7 +298,11 @@ def clip_gradients(parameters: Iterable[torch.Tensor], grad_clip: float,
     * ``value``: ``g_i <- clamp(g_i, -grad_clip, grad_clip)`` per element, the authors'
       ``tf.clip_by_value`` in WorldModelsExperiments ``carracing/rnn/rnn.py``.
 
-    Which one trains M better at the paper's 1.0 was measured (config ``grad_clip_mode``).
+    Measured (config ``grad_clip_mode``; 40 random-policy CarRacing episodes of 300 steps,
+    a V of 200 steps, M at 256 units, 16 x 100 transitions, 300 steps, seeds 0 and 1):
+    val NLL 0.9209 / 0.9139 nats per dim with ``norm``, 0.9209 / 0.9143 with ``value``. At
+    the paper's 1.0 neither engages much (M's gradient norm stayed around 0.2 to 0.5), so
+    they tie; ``norm`` stays the default (no worse, and what earlier M's trained with).
     """
     if grad_clip <= 0:
         return None

@@ -221,8 +221,9 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
 
     ``auto``: on CUDA with bf16 (as :func:`worldmodels.utils.torch.autocast`), and on a CPU
     with native bf16 (AVX512-BF16 / AMX), where ``scripts/benchmark.py vae|mdnrnn`` measured
-    it faster than fp32 (on a 2-core AMX Xeon: V 1.4x, M's LSTM 2x); elsewhere CPU bf16 is
-    emulated and slower, so fp32. ``bf16`` / ``fp32`` force it (``bf16`` on a GPU without
+    it faster than fp32 (a 2-core AMX Xeon: V's step 1.6x, M's LSTM about 2x; but when
+    other processes oversubscribe the cores, oneDNN's bf16 kernels slow down more than
+    fp32's); elsewhere CPU bf16 is emulated and slower, so fp32. ``bf16`` / ``fp32`` force it (``bf16`` on a GPU without
     bf16 runs fp32).
     """
     if precision not in PRECISIONS:
