@@ -185,3 +185,15 @@ def test_collection_with_action_repeat_stores_one_step_per_decision():
            "domain_randomize": False}
     assert _same_data(old, {**old, "action_repeat": 1}) == []
     assert _same_data(old, {**old, "action_repeat": 3}) == ["action_repeat"]
+
+
+def test_encode_leaves_no_lock_file_behind(tmp_path):
+    """encode.py's lock is utils.io.exclusive_lock: held while encoding, removed after."""
+    from worldmodels.data.latents import _lock
+    from worldmodels.errors import WorldModelsError
+
+    with _lock(tmp_path, "vae"):
+        assert (tmp_path / ".encode_vae.lock").exists()
+        with pytest.raises(WorldModelsError, match="another encode.py"), _lock(tmp_path, "vae"):
+            pass
+    assert not (tmp_path / ".encode_vae.lock").exists()

@@ -27,10 +27,14 @@ import numpy as np
 __all__ = ["run"]
 
 
-def _bare_env(seeds: list[int], steps: int) -> float:
+def bare_env_steps_per_s(seeds: list[int], steps: int, env_id: str | None = None) -> float:
+    """Steps/s of an environment alone, a fixed half-gas action, one process: the fast
+    training environment, or ``env_id`` (e.g. stock ``CarRacing-v3``)."""
+    import gymnasium as gym
+
     from worldmodels.control.evaluation import make_env
 
-    env = make_env()
+    env = make_env() if env_id is None else gym.make(env_id)
     total, seconds = 0, 0.0
     action = np.array([0.0, 0.5, 0.0], dtype=np.float32)
     for seed in seeds:
@@ -70,7 +74,7 @@ def run(population: int = 8, trials: int = 2, steps: int = 200, workers: int = 0
     widest = max(lockstep + (4,))
     params = np.random.default_rng(0).normal(0.0, 0.1, (widest, num_params))
     seeds = list(range(1000, 1000 + widest))
-    bare = _bare_env(seeds[:4], steps)
+    bare = bare_env_steps_per_s(seeds[:4], steps)
     rows: list[dict[str, Any]] = [{"setting": "bare FastCarRacing-v3 (1 process)", "episodes": 4,
                                    "env-steps/s": bare, "vs bare env": 1.0, "wall s": ""}]
     # The agent rows run in one worker process, as in training (one BLAS and torch thread).

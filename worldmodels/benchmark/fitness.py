@@ -43,24 +43,10 @@ LEVERS: tuple[tuple[str, str, int, str, str, int], ...] = (
 
 
 def _stock_steps_per_s(seeds: list[int], steps: int) -> float:
-    import gymnasium as gym
-
     import worldmodels.envs as envs
+    from worldmodels.benchmark.agent import bare_env_steps_per_s
 
-    env = gym.make(envs.STOCK_ENV_ID)
-    action = np.array([0.0, 0.5, 0.0], dtype=np.float32)
-    total, seconds = 0, 0.0
-    for seed in seeds:
-        env.reset(seed=seed)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            _, _, terminated, truncated, _ = env.step(action)
-            total += 1
-            if terminated or truncated:
-                break
-        seconds += time.perf_counter() - t0
-    env.close()
-    return total / seconds
+    return bare_env_steps_per_s(seeds, steps, envs.STOCK_ENV_ID)
 
 
 def run(population: int = 8, trials: int = 2, steps: int = 400, workers: int = 0,

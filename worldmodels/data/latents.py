@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import operator
@@ -76,9 +75,9 @@ from torch import nn
 from worldmodels.config import Config, save_stage_config
 from worldmodels.data.datasets import ACTION_DIM, RolloutDataset, available_memory
 from worldmodels.data.rollouts import DATA_KEYS, DATASET_NAME, episode_name
-from worldmodels.errors import DataError, WorldModelsError
+from worldmodels.errors import DataError
 from worldmodels.generative.vae import reparameterize
-from worldmodels.utils.io import atomic_path, describe_os_error, ensure_dir, remove_stale_tmp
+from worldmodels.utils.io import atomic_path, ensure_dir, exclusive_lock, remove_stale_tmp
 from worldmodels.utils.torch import channels_last, resolve_device
 
 __all__ = [
@@ -308,22 +307,10 @@ def _consolidate(run_dir: Path, model: str, layout: dict[str, Any], identity: di
     return final
 
 
-@contextlib.contextmanager
-def _lock(run_dir: Path, model: str) -> Iterator[None]:
-    lock_path = run_dir / f".encode_{model}.lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise WorldModelsError(describe_os_error(e, lock_path)) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise WorldModelsError(f"another encode.py is writing {latents_path(run_dir, model)}; "
-                                   "wait for it or use another --run") from None
-        yield
-    finally:
-        os.close(fd)
+def _lock(run_dir: Path, model: str) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(run_dir / f".encode_{model}.lock",
+                          f"another encode.py is writing {latents_path(run_dir, model)}; "
+                          "wait for it or use another --run")
 
 
 class _EpisodeReader(torch.utils.data.Dataset):
