@@ -114,10 +114,21 @@ def _sources(run: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ checkpoints
 
 
+def _holds_tensors(value: Any) -> bool:
+    """A tensor, or a container with one (C's CMA-ES state is a tree of tensors)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v) for v in value)
+    return False
+
+
 def _small_extra(extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """``extra`` without its tensors (training state: C's CMA-ES, ...), and their names."""
     extra = dict(extra or {})
-    dropped = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
+    dropped = sorted(k for k, v in extra.items() if _holds_tensors(v))
     return {k: v for k, v in extra.items() if k not in dropped}, dropped
 
 
