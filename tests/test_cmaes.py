@@ -198,14 +198,14 @@ def test_init_starts_the_search_at_a_trained_controller(tmp_path, world):
     score is that of the given C, CMA-ES's mean starts there, and a C of another shape or
     a missing one is refused with one line."""
     source = new_run(tmp_path, world, "source")  # a C far from zero: large steps
-    # 80 frames: past the 50-frame zoom-in, so that controllers can differ on the tracks
-    train_controller(config(generations=2, eval_every=1, sigma0=1.0, max_steps=80), source, progress=False)
+    # 64 frames: past the 50-frame zoom-in, so that controllers can differ on the tracks
+    train_controller(config(generations=2, eval_every=1, sigma0=1.0, max_steps=64), source, progress=False)
     start = load_checkpoint(source / "controller" / "last.pt")
     run = new_run(tmp_path, world)
     init = str(source / "controller" / "last.pt")  # a file; a run directory gives best.pt
-    s = train_controller(config(generations=1, eval_every=1, init=init, max_steps=80), run, progress=False)
+    s = train_controller(config(generations=1, eval_every=1, init=init, max_steps=64), run, progress=False)
     zero = new_run(tmp_path, world, "zero")
-    z = train_controller(config(generations=1, eval_every=1, max_steps=80), zero, progress=False)
+    z = train_controller(config(generations=1, eval_every=1, max_steps=64), zero, progress=False)
     assert s["history"][0]["eval"] == pytest.approx(start["extra"]["history"][-1]["eval"])
     assert s["history"][0]["eval"] != z["history"][0]["eval"]
     # one generation of sigma0 = 0.1 steps from the source's C, not from zero
