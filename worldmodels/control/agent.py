@@ -315,28 +315,10 @@ class WorldModelAgent:
 
 def _load_mdnrnn(run_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, str | None]:
     """M of a run and the name of the V it was trained on (None when not recorded)."""
-    try:
-        from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_info
-    except ImportError:  # pragma: no cover - M's stage not installed: read the file directly
-        load_mdnrnn = mdnrnn_info = None
-    if load_mdnrnn is not None:
-        info = mdnrnn_info(run_dir)
-        return load_mdnrnn(run_dir, device), info.get("vae_model")
-    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
+    from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_info
 
-    stage = Path(run_dir) / "mdnrnn"
-    paths = [stage / n for n in (CheckpointManager.BEST, CheckpointManager.LAST)]
-    path = next((p for p in paths if p.exists()), None)
-    if path is None:
-        raise DataError(f"no trained M in {stage}: run scripts/train_mdnrnn.py --run {run_dir} "
-                        "first")
-    checkpoint = load_checkpoint(path, kind="mdnrnn", map_location=device)
-    kwargs = dict(checkpoint["model_config"])
-    kwargs.pop("model", None)
-    net = MDNRNN(**kwargs)
-    net.load_state_dict(checkpoint["state_dict"])
-    vae = (checkpoint.get("extra") or {}).get("vae") or {}
-    return net.to(device).eval(), vae.get("model")
+    info = mdnrnn_info(run_dir)
+    return load_mdnrnn(run_dir, device), info.get("vae_model")
 
 
 def load_world_model(
