@@ -197,3 +197,17 @@ def test_encode_leaves_no_lock_file_behind(tmp_path):
         with pytest.raises(WorldModelsError, match="another encode.py"), _lock(tmp_path, "vae"):
             pass
     assert not (tmp_path / ".encode_vae.lock").exists()
+
+
+def test_world_action_repeat_is_read_from_the_runs_data(tmp_path):
+    import json
+
+    import h5py
+
+    from worldmodels.control.agent import world_action_repeat
+
+    run = save_random_world_model(tmp_path / "run", hidden_dim=HIDDEN, seed=3)
+    assert world_action_repeat(run) == 1  # nothing recorded: the paper's k
+    with h5py.File(run / "rollouts.h5", "w") as f:
+        f.attrs["config"] = json.dumps({"action_repeat": 3})
+    assert world_action_repeat(run) == 3

@@ -422,10 +422,11 @@ def world_action_repeat(run_dir: str | Path) -> int:
     for source in sources:
         try:
             with h5py.File(source, "r") as f:
-                text = f.attrs.get("rollouts") or "{}"
-                config = json.loads(text).get("config") if "rollouts" in f.attrs else \
-                    json.loads(f.attrs.get("config", "{}"))
-            return int((config or {}).get("action_repeat", 1))
+                if "rollouts" in f.attrs:  # latents: the rollouts they were encoded from
+                    config = json.loads(f.attrs["rollouts"]).get("config") or {}
+                else:  # rollouts.h5: its collection config
+                    config = json.loads(f.attrs.get("config", "{}"))
+            return int(config.get("action_repeat", 1))
         except (OSError, ValueError, TypeError):
             continue
     try:

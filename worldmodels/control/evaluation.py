@@ -98,7 +98,7 @@ class EpisodeResult:
 
     :ivar key: the :attr:`EpisodeSpec.key`.
     :ivar episode_return: sum of the rewards (plus the early-termination estimate, if stopped).
-    :ivar steps: environment steps taken.
+    :ivar steps: CarRacing frames taken (50 Hz physics steps, whatever the action repeat).
     :ivar tiles: track tiles visited.
     :ivar stopped_early: ended by early termination.
     """
