@@ -72,7 +72,7 @@ def test_kill_and_resume_equals_uninterrupted(reference, tmp_path):
     assert not (tmp_path / DATASET_NAME).exists(), "killed too late: nothing was interrupted"
     done = sorted(p.name for p in parts.glob("ep-*.h5"))
     assert 1 <= len(done) < 3
-    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    r = run_script(*args[1:])  # the resume itself runs in this process
     assert r.returncode == 0, r.stderr
     assert_same_data(reference, tmp_path / DATASET_NAME)
     assert not any(".tmp-" in p.name for p in tmp_path.rglob("*"))
@@ -145,7 +145,8 @@ def test_full_disk_leaves_existing_dataset_intact(reference, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     r = run_script("collect_rollouts.py", "--run", tmp_path, "--episodes", "3", "--max-steps",
-                   "40", "--seed", "5", "--workers", "1", preexec_fn=limit_file_size)
+                   "40", "--seed", "5", "--workers", "1", subprocess=True,  # the rlimit
+                   preexec_fn=limit_file_size)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
     assert "disk full" in r.stderr or "too large" in r.stderr
@@ -210,22 +211,18 @@ def test_ctrl_c_stops_workers_at_once_and_resumes(reference, tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("processes of the interrupted collection are still running")
-    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    r = run_script(*args[1:])  # the resume itself runs in this process
     assert r.returncode == 0, r.stderr
     assert_same_data(reference, tmp_path / DATASET_NAME)
 
 
-def _collect_script(monkeypatch, capsys, *args) -> tuple[int, str]:
+def _collect_script(*args) -> tuple[int, str]:
     """scripts/collect_rollouts.py in this process: (exit status, stderr)."""
-    import runpy
-
-    monkeypatch.setattr("sys.argv", ["collect_rollouts.py", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(SCRIPTS / "collect_rollouts.py"), run_name="__main__")
-    return exit_.value.code, capsys.readouterr().err
+    r = run_script("collect_rollouts.py", *args)
+    return r.returncode, r.stderr
 
 
-def test_corrupt_chunks_are_a_one_line_error_exit_2(tmp_path, monkeypatch, capsys):
+def test_corrupt_chunks_are_a_one_line_error_exit_2(tmp_path):
     """A real rollouts.h5 whose frame chunks no longer decompress (metadata intact, so it
     opens): extending it, or re-running on it, is one line and exit 2, not a traceback."""
     path = collect(cfg(episodes=2, max_steps=20, workers=1), tmp_path, progress=False)
@@ -239,7 +236,7 @@ def test_corrupt_chunks_are_a_one_line_error_exit_2(tmp_path, monkeypatch, capsy
     with h5py.File(path, "r") as f, pytest.raises(OSError):
         f["episodes/000000/frames"][0]  # really corrupt
     for episodes in (2, 3):
-        code, err = _collect_script(monkeypatch, capsys, "--run", tmp_path, "--episodes",
+        code, err = _collect_script("--run", tmp_path, "--episodes",
                                     episodes, "--max-steps", 20, "--seed", 5, "--workers", 1)
         assert code == 2 and "Traceback" not in err and err.count("\n") == 1
         assert err.startswith("error: cannot read episodes/000000/frames of ")
@@ -288,10 +285,10 @@ def test_exclusive_lock_is_retaken_on_a_replaced_file(tmp_path, monkeypatch):
         os.close(orphan)
 
 
-def test_run_that_is_a_file_says_not_a_directory(tmp_path, monkeypatch, capsys):
+def test_run_that_is_a_file_says_not_a_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = _collect_script(monkeypatch, capsys, "--run", blocker, "--episodes", 1)
+    code, err = _collect_script("--run", blocker, "--episodes", 1)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: cannot write {blocker}: {blocker} is not a directory")
     assert "File exists" not in err

@@ -1,10 +1,9 @@
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 import tomllib
+from helpers import run_script
 
 from worldmodels.config import (
     PRESET_DIR,
@@ -98,8 +97,7 @@ def test_cli_flags_override_preset_and_unknown_flag_fails(tmp_path):
     cfg = config_from_args(args)
     assert (cfg.collect.episodes, cfg.collect.seed, cfg.collect.max_steps) == (2, 4, 300)
     assert cfg.collect == dataclasses.replace(CollectConfig(), episodes=2, seed=4, max_steps=300)
-    r = subprocess.run([sys.executable, "scripts/collect_rollouts.py", "--run", str(tmp_path),
-                        "--set", "collect.bogus=1"], capture_output=True, text=True)
+    r = run_script("collect_rollouts.py", "--run", tmp_path, "--set", "collect.bogus=1")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown key collect.bogus" in r.stderr
 
