@@ -7,11 +7,11 @@ Episode k always uses track seed S+k, so the data are the same whatever --worker
 re-running the same command after a kill resumes where it stopped.
 """
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["collect"])
+    parser = build_parser(summary(__doc__), ["collect"])
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset collected with other settings")
     parser.add_argument("--no-grid", action="store_true",
@@ -19,7 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.data.rollouts import main as collect_main
+    from worldmodels.stages.collect import main as collect_main
 
     s = collect_main(cfg, args.run, overwrite=args.overwrite, grid=not args.no_grid)
     mb = s["bytes"] / 2**20

@@ -13,15 +13,15 @@ not retrained.
 
 from pathlib import Path
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["compare"], epilog=__doc__)
+    parser = build_parser(summary(__doc__), ["compare"], epilog=__doc__)
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.train.compare import compare_generative
+    from worldmodels.stages.compare import compare_generative
 
     report = compare_generative(cfg, args.run)
     print((Path(args.run) / "compare" / "report.md").read_text())

@@ -12,11 +12,11 @@ resumes; a finished file is left as is; a file made by another V is refused unle
 
 import json
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["encode"])
+    parser = build_parser(summary(__doc__), ["encode"])
     parser.add_argument("--overwrite", action="store_true",
                         help="re-encode a latents file made by another V or from other rollouts")
     parser.add_argument("--json", action="store_true",
@@ -24,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.data.latents import main as encode_main
+    from worldmodels.stages.encode import main as encode_main
 
     s = encode_main(cfg, args.run, overwrite=args.overwrite)
     speed = f", {s['frames_per_s']:.0f} frames/s" if s["encoded_frames"] else " (already complete)"

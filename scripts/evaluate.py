@@ -19,19 +19,12 @@ inside the run's own collection range give a one-line warning on stderr.
 
 import argparse
 import json
-import os
 import sys
 
 from worldmodels.cli import run_cli, summary
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 from worldmodels.seeds import training_overlap_warning
-
-
-def single_threaded_blas() -> None:
-    """One BLAS/OpenMP thread, set before NumPy loads: this process coordinates the workers
-    (or, with --workers 1, runs the episodes itself, as one worker would)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
+from worldmodels.utils.parallel import single_threaded_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="best.pt (held-out best; last.pt if none) or last.pt")
     args = parser.parse_args(argv)
-    single_threaded_blas()
+    # this process coordinates the workers, or with --workers 1 runs the episodes itself
+    single_threaded_process()
     run = resolve_run(args.run)
     warning = training_overlap_warning(args.seed, args.episodes, _collect_section(run))
     if warning:
         print(warning, file=sys.stderr)
 
-    from worldmodels.control.evaluation import evaluate
+    from worldmodels.stages.evaluate import evaluate
 
     r = evaluate(run, args.episodes, args.seed, workers=args.workers,
                  backend=args.backend, address=args.address, device=args.device,

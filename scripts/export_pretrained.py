@@ -19,7 +19,7 @@ from worldmodels.cli import run_cli, summary
 
 
 def main() -> int:
-    from worldmodels.export import DEFAULT_OUT
+    from worldmodels.stages.export import DEFAULT_OUT
 
     parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
     parser.add_argument("--run", required=True, metavar="DIR",
@@ -35,7 +35,7 @@ def main() -> int:
                         help="replace an existing --out (only once the new export is complete)")
     args = parser.parse_args()
 
-    from worldmodels.export import export_pretrained
+    from worldmodels.stages.export import export_pretrained
 
     r = export_pretrained(args.run, args.out, video=args.video, video_seed=args.video_seed,
                           overwrite=args.overwrite, progress=None)

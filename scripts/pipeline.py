@@ -17,13 +17,13 @@ interrupted pipeline; a finished one is only re-read.
 """
 
 import json
-import os
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
+from worldmodels.utils.parallel import single_threaded_process
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], [])
+    parser = build_parser(summary(__doc__), [])
     parser.add_argument("--episodes", type=int, default=None,
                         help="held-out tracks of the final evaluation (default: min(100, "
                              "controller.eval_episodes); the paper's protocol is 100)")
@@ -39,10 +39,9 @@ def main() -> int:
                         help="print the summary as one JSON object on the last line")
     args = parser.parse_args()
     cfg = config_from_args(args)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # workers and C's episodes: one BLAS thread each
+    single_threaded_process(override=False)  # workers and C's episodes: one BLAS thread each
 
-    from worldmodels.pipeline import HELDOUT_SEED, run_pipeline
+    from worldmodels.stages.pipeline import HELDOUT_SEED, run_pipeline
 
     r = run_pipeline(cfg, args.run, episodes=args.episodes,
                      seed=HELDOUT_SEED if args.seed is None else args.seed,

@@ -16,27 +16,21 @@ TensorBoard: tensorboard --logdir <run>/tb
 """
 
 import json
-import os
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
-
-
-def single_threaded_blas() -> None:
-    """One BLAS/OpenMP thread, set before NumPy loads: this process coordinates the workers
-    (or, with --workers 1, runs the episodes itself, as one worker would)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
+from worldmodels.utils.parallel import single_threaded_process
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["controller"])
+    parser = build_parser(summary(__doc__), ["controller"])
     parser.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object on the last line")
     args = parser.parse_args()
     cfg = config_from_args(args)
-    single_threaded_blas()
+    # this process coordinates the workers, or with --workers 1 runs the episodes itself
+    single_threaded_process()
 
-    from worldmodels.control.cmaes import train_controller
+    from worldmodels.stages.train_controller import train_controller
 
     s = train_controller(cfg, args.run)
     print(f"C: {s['params']:,} params, {s['generations']} generations of "

@@ -9,16 +9,16 @@ Samples of a fixed noise batch are saved every epoch in <run>/gan/images/, curve
 continues from the last epoch's checkpoint; a finished run just prints its summary.
 """
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["gan"])
+    parser = build_parser(summary(__doc__), ["gan"])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.train.gan import train_gan
+    from worldmodels.stages.train_gan import train_gan
 
     s = train_gan(cfg, args.run, progress=False if args.no_progress else None)
     print(f"DCGAN (G {s['generator_params']:,} + D {s['discriminator_params']:,} params): "

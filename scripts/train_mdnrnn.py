@@ -11,11 +11,11 @@ TensorBoard: tensorboard --logdir <run>/tb
 
 import json
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["mdnrnn"])
+    parser = build_parser(summary(__doc__), ["mdnrnn"])
     parser.add_argument("--model", dest="encode.model", choices=("vae", "betavae", "vqvae"),
                         default=None, help="whose latents M models: the V given to encode.py "
                         "(sets encode.model; default: 'vae')")
@@ -24,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.train.mdnrnn import train_mdnrnn
+    from worldmodels.stages.train_mdnrnn import train_mdnrnn
 
     s = train_mdnrnn(cfg, args.run)
     print(f"{s['model']} on {s['vae_model']} latents: {s['params']:,} params, {s['steps']} steps "

@@ -10,17 +10,17 @@ a finished run prints its summary. TensorBoard: tensorboard --logdir <run>/tb
 
 import json
 
-from worldmodels.cli import build_parser, config_from_args, run_cli
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 
 
 def main() -> int:
-    parser = build_parser(__doc__.split("\n")[0], ["vae"])
+    parser = build_parser(summary(__doc__), ["vae"])
     parser.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object on the last line")
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from worldmodels.train.vae import train_vae
+    from worldmodels.stages.train_vae import train_vae
 
     s = train_vae(cfg, args.run)
     val = ", ".join(f"{k[4:]} {v:.4g}" for k, v in s.items() if k.startswith("val/"))

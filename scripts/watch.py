@@ -9,7 +9,7 @@ See ``worldmodels/control/watch.py`` (``--help`` lists every option).
 """
 
 from worldmodels.cli import run_cli
-from worldmodels.control.watch import main
+from worldmodels.stages.watch import main
 
 if __name__ == "__main__":
     run_cli(main)

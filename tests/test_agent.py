@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels.control import Controller, WorldModelAgent, load_controller, load_world_model
-from worldmodels.control.agent import save_random_world_model
+from worldmodels.control import Controller, WorldModelAgent
 from worldmodels.control.evaluation import (
     TIME_PENALTY,
-    EnvPool,
+    EnvCache,
     EpisodeSpec,
     run_episodes,
 )
@@ -24,6 +23,7 @@ from worldmodels.envs import preprocess_frame
 from worldmodels.errors import DataError
 from worldmodels.generative import ConvVAE
 from worldmodels.memory.mdnrnn import MDNRNN
+from worldmodels.run import load_agent, load_controller, load_world_model, save_random_world_model
 from worldmodels.utils.checkpoint import save_checkpoint
 
 HIDDEN = 64  # a small M keeps the tests fast; the paper's is 256
@@ -43,7 +43,7 @@ def agent(run):
 
 @pytest.fixture(scope="module")
 def envs():
-    pool = EnvPool()
+    pool = EnvCache()
     yield pool
     pool.close()
 
@@ -183,7 +183,7 @@ def test_from_run_loads_the_trained_controller(run, tmp_path):
     save_checkpoint(run / "controller" / "last.pt", kind="controller", model=c,
                     model_config=c.hparams, step=1, extra={"vae_model": "vae"})
     try:
-        agent = WorldModelAgent.from_run(run)
+        agent = load_agent(run)
         assert np.array_equal(agent.controller.get_flat(), c.get_flat())
         assert load_controller(run)[1]["path"].endswith("last.pt")
     finally:

@@ -1,4 +1,4 @@
-"""CMA-ES training of C (worldmodels.control.cmaes) and its evaluation backends.
+"""CMA-ES training of C (worldmodels.stages.train_controller) and its evaluation backends.
 
 Ha & Schmidhuber (2018, arXiv:1803.10122) evolve C with CMA-ES (Hansen 2016,
 arXiv:1604.00772): common random numbers within a generation, fresh tracks each generation; a
@@ -17,9 +17,12 @@ import pytest
 import torch
 
 from worldmodels.config import load_config
-from worldmodels.control.agent import load_world_model, save_random_world_model
-from worldmodels.control.backends import InProcessBackend, LocalBackend, make_backend
-from worldmodels.control.cmaes import (
+from worldmodels.control.evaluation import EpisodeSpec, worker_bundle
+from worldmodels.errors import ConfigError, DataError, WorldModelsError
+from worldmodels.parallel import make_backend
+from worldmodels.parallel.backends import InProcessBackend, LocalBackend
+from worldmodels.run import load_world_model, save_random_world_model
+from worldmodels.stages.train_controller import (
     generation_seeds,
     heldout_seeds,
     new_strategy,
@@ -27,8 +30,6 @@ from worldmodels.control.cmaes import (
     strategy_to_tensor,
     train_controller,
 )
-from worldmodels.control.evaluation import EpisodeSpec, make_bundle
-from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.utils.checkpoint import load_checkpoint
 
 HIDDEN = 32
@@ -44,7 +45,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(world):
     vae, mdnrnn, _ = load_world_model(world)
-    return make_bundle(vae, mdnrnn)
+    return worker_bundle(vae, mdnrnn)
 
 
 def new_run(tmp_path, world, name="run"):
@@ -221,7 +222,7 @@ def test_init_starts_the_search_at_a_trained_controller(tmp_path, world):
 
 
 def load_checkpoint_flat(run):
-    from worldmodels.control.agent import load_controller
+    from worldmodels.run import load_controller
 
     return load_controller(run, which="last")[0].get_flat()
 
@@ -294,7 +295,7 @@ def test_a_worker_exception_stops_the_run_with_its_traceback(bundle):
 
 def test_ray_backend_on_a_local_cluster_gives_the_local_fitness(bundle, reference):
     ray = pytest.importorskip("ray")
-    from worldmodels.control.backends import RayBackend
+    from worldmodels.parallel import RayBackend
 
     params, specs = some_episodes()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

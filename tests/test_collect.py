@@ -12,8 +12,9 @@ import pytest
 from helpers import ROOT, SCRIPTS, assert_same_data, read_all, run_script
 
 from worldmodels.config import load_config
-from worldmodels.data.rollouts import DATASET_NAME, PARTS_DIR, collect, open_rollouts, run_episode
+from worldmodels.data.rollouts import DATASET_NAME, PARTS_DIR, open_rollouts
 from worldmodels.errors import DataError, WorldModelsError
+from worldmodels.stages.collect import collect, run_episode
 
 SMALL = {"episodes": 3, "max_steps": 40, "seed": 5}
 

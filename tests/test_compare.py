@@ -7,8 +7,8 @@ import math
 import pytest
 
 from worldmodels.config import load_config
-from worldmodels.data.rollouts import collect
-from worldmodels.train.compare import compare_generative
+from worldmodels.stages.collect import collect
+from worldmodels.stages.compare import compare_generative
 
 pytestmark = pytest.mark.slow
 

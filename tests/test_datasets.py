@@ -23,7 +23,6 @@ from worldmodels.config import CollectConfig, load_config
 from worldmodels.data.datasets import (
     FrameDataset,
     RolloutDataset,
-    SequenceDataset,
     _load_frames_staged,
     available_memory,
     fits_in_memory,
@@ -34,12 +33,11 @@ from worldmodels.data.rollouts import (
     DATASET_NAME,
     FIELDS,
     _write_root_attrs,
-    collect,
     episode_name,
-    run_episode,
     write_episode_group,
 )
 from worldmodels.errors import DataError
+from worldmodels.stages.collect import collect, run_episode
 
 torch.set_num_threads(1)
 
@@ -280,47 +278,6 @@ def test_sample_batches_on_collected_data(collected):
     assert got == everything and sum(got.values()) == ds.rollouts.num_frames == 180
 
 
-# ----------------------------------------------------------------------- SequenceDataset
-
-
-def test_sequences_are_slices_inside_one_episode(synthetic):
-    path, episodes = synthetic
-    ds = SequenceDataset(path, seq_len=3)
-    # 7 -> starts 0, 3; 1 -> skipped; 12 -> 0, 3, 6, 9; 5 -> 0
-    assert ds.windows.tolist() == [[0, 0], [0, 3], [2, 0], [2, 3], [2, 6], [2, 9], [3, 0]]
-    for i, (k, start) in enumerate(ds.windows.tolist()):
-        item, ep = ds[i], episodes[k]
-        window = slice(start, start + 3)
-        assert item["frames"].shape == (3, 3, 64, 64) and item["frames"].dtype == torch.uint8
-        np.testing.assert_array_equal(item["frames"].numpy(), ep["frames"][window].transpose(0, 3, 1, 2))
-        np.testing.assert_array_equal(item["actions"].numpy(), ep["actions"][window])
-        np.testing.assert_array_equal(item["rewards"].numpy(), ep["rewards"][window])
-        assert item["dones"].dtype == torch.float32
-        np.testing.assert_array_equal(item["dones"].numpy(), ep["terminated"][window].astype(np.float32))
-    assert ds[6]["dones"].tolist() == [0.0, 0.0, 0.0]  # episode 3 ends by truncation: no done
-    assert ds[5]["dones"].tolist() == [0.0, 0.0, 1.0]  # episode 2 terminates at its last step
-
-
-def test_sequence_stride_and_episode_subset(synthetic):
-    path, _ = synthetic
-    ds = SequenceDataset(path, seq_len=5, stride=1)
-    assert len(ds) == (7 - 4) + (12 - 4) + (5 - 4)
-    for i in range(len(ds)):
-        frames = ds[i]["frames"]
-        assert len(set(frames[:, 0, 0, 0].tolist())) == 1  # one episode
-        steps = frames[:, 1, 0, 0].tolist()
-        assert steps == list(range(steps[0], steps[0] + 5))  # consecutive steps
-    assert set(SequenceDataset(path, 4, episodes=[3]).windows[:, 0].tolist()) == {3}
-
-
-def test_sequences_too_long_for_every_episode_is_data_error(synthetic):
-    path, _ = synthetic
-    with pytest.raises(DataError, match="seq_len=13.*longest.*has 12 steps"):
-        SequenceDataset(path, seq_len=13)
-    with pytest.raises(DataError, match="seq_len=2.*longest of the 1 chosen episodes has 1 steps"):
-        SequenceDataset(path, seq_len=2, episodes=[1])
-
-
 # ------------------------------------------------------------------- DataLoader workers
 
 
@@ -331,10 +288,8 @@ def test_dataloader_workers_give_the_same_items(synthetic, context):
         pytest.skip(f"no {context} start method here")
     path, _ = synthetic
     frames = FrameDataset(path)
-    sequences = SequenceDataset(path, seq_len=4, stride=2)
-    frames[0], sequences[0]  # the parent holds an open handle before the workers start
-    # Spawning imports torch in each worker (seconds): one dataset is enough there.
-    for ds in (frames, sequences) if context == "fork" else (sequences,):
+    frames[0]  # the parent holds an open handle before the workers start
+    for ds in (frames,):
         single = list(DataLoader(ds, batch_size=3, num_workers=0))
         multi = list(DataLoader(ds, batch_size=3, num_workers=2, multiprocessing_context=context))
         assert len(single) == len(multi)

@@ -24,21 +24,18 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import worldmodels.envs as envs
-from worldmodels.control.agent import load_world_model, save_random_world_model
 from worldmodels.control.controller import Controller
-from worldmodels.data.latents import FORMAT, FORMAT_VERSION, latents_path
-from worldmodels.data.rollouts import episode_name
-from worldmodels.envs.dream import (
+from worldmodels.control.dream_fitness import (
     BatchedControllers,
-    BatchedDream,
-    DreamEnv,
-    decode_frames,
     dream_rollout_returns,
     dream_trial_seeds,
-    keyed_uniform,
 )
+from worldmodels.data.latents import FORMAT, FORMAT_VERSION, latents_path
+from worldmodels.data.rollouts import episode_name
+from worldmodels.envs.dream import BatchedDream, DreamEnv, decode_frames, keyed_uniform
 from worldmodels.errors import DataError
 from worldmodels.memory.mdnrnn import MDNRNN, sample_next
+from worldmodels.run import load_dream, load_world_model, make_dream_env, save_random_world_model
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
 
 D, H = 32, 64  # a small M keeps the tests fast; the paper's H is 256
@@ -126,14 +123,14 @@ def test_registered_env_passes_the_gymnasium_checker(run):
 
 
 def test_z_only_observation(run):
-    env = DreamEnv(run, observation="z")
+    env = make_dream_env(run, observation="z")
     obs, _ = env.reset(seed=0)
     assert obs.shape == (D,) and env.observation_space.shape == (D,)
     assert obs in env.observation_space
 
 
 def test_same_seed_same_episode_other_seed_another(run):
-    env = DreamEnv(run)
+    env = make_dream_env(run)
     a = actions(40)
     obs1, rew1 = rollout(env, 7, a)
     obs2, rew2 = rollout(env, 7, a)
@@ -150,7 +147,7 @@ def test_same_seed_same_episode_other_seed_another(run):
 
 
 def test_start_state_is_a_real_first_frame(run):
-    env = DreamEnv(run)
+    env = make_dream_env(run)
     z0 = np.stack([env.reset(seed=s)[0][:D] for s in range(20)])
     distance = np.abs(z0[:, None, :] - START[None]).max(axis=-1)  # (20, 6)
     assert (distance.min(axis=1) < 1e-5).all()  # each z_0 is one of the first frames
@@ -163,7 +160,7 @@ def test_lower_temperature_less_variance(run):
     one = np.zeros((1, D), np.float32)
     spread = {}
     for tau in (1.0, 0.1, 0.0):
-        dream = BatchedDream.from_models(m, one, np.full_like(one, -40.0), temperature=tau,
+        dream = BatchedDream(m, one, np.full_like(one, -40.0), temperature=tau,
                                          batch_size=64, device="cpu")
         dream.reset(seed=0)  # 64 episodes from the same z_0: only M's sampling differs
         for _ in range(3):
@@ -174,20 +171,20 @@ def test_lower_temperature_less_variance(run):
 
 
 def test_render_decodes_z_with_v(run):
-    env = DreamEnv(run, render_mode="rgb_array")
+    env = make_dream_env(run, render_mode="rgb_array")
     env.reset(seed=1)
     env.step(actions(1)[0])
     frame = env.render()
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
     vae = env.dream.vae
     assert np.array_equal(frame, decode_frames(vae, env.dream.z)[0])
-    big = DreamEnv(run, render_mode="rgb_array", render_scale=3)
+    big = make_dream_env(run, render_mode="rgb_array", render_scale=3)
     big.reset(seed=1)
     assert big.render().shape == (192, 192, 3)
 
 
 def test_truncation_termination_and_frozen_rows(run, tmp_path):
-    env = DreamEnv(run, max_steps=5)
+    env = make_dream_env(run, max_steps=5)
     env.reset(seed=0)
     flags = [env.step(a)[2:4] for a in actions(5)]
     assert flags[-1] == (False, True) and all(f == (False, False) for f in flags[:-1])
@@ -196,11 +193,11 @@ def test_truncation_termination_and_frozen_rows(run, tmp_path):
     set_done_bias(ending, 20.0)
     write_first_frames(ending, START)
     for done in ("threshold", "sample"):
-        env = DreamEnv(ending, done=done)
+        env = make_dream_env(ending, done=done)
         env.reset(seed=0)
         _, _, terminated, truncated, info = env.step(actions(1)[0])
         assert terminated and not truncated and info["done_prob"] > 0.99
-    dream = BatchedDream(ending, 3, device="cpu")
+    dream = load_dream(ending, 3, device="cpu")
     obs0 = dream.reset(seed=0)
     obs1, r1, done1 = dream.step(torch.zeros(3, 3))
     obs2, r2, done2 = dream.step(torch.zeros(3, 3))
@@ -218,23 +215,23 @@ def test_latents_of_another_v_are_not_used(run, tmp_path):
                     extra={"vae": {"model": "vae", "sha256": "aaaa"}})
     write_first_frames(other, START, sha="bbbb")
     with pytest.raises(DataError, match="another V"):
-        BatchedDream(other, start="latents", device="cpu")
-    dream = BatchedDream(other, start="auto", start_tracks=2, device="cpu")  # real tracks
+        load_dream(other, start="latents", device="cpu")
+    dream = load_dream(other, start="auto", start_tracks=2, device="cpu")  # real tracks
     assert "tracks 0..1" in dream.start_source and len(dream.start_mu) == 2
 
 
 def test_missing_run_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match="no run directory"):
-        DreamEnv(tmp_path / "nope")
+        make_dream_env(tmp_path / "nope")
     with pytest.raises(DataError, match="no trained M"):
-        BatchedDream(tmp_path, device="cpu")
+        load_dream(tmp_path, device="cpu")
 
 
 def test_import_does_not_import_torch():
     code = ("import sys, gymnasium, worldmodels.envs as e; "
             "assert 'torch' not in sys.modules; "
             "assert gymnasium.spec(e.DREAM_ENV_ID).entry_point == "
-            "'worldmodels.envs.dream:DreamEnv'; "
+            "'worldmodels.run:make_dream_env'; "
             "e.DreamEnv; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
@@ -260,12 +257,12 @@ def test_batched_rows_are_the_single_envs_of_their_seeds(run):
     so they agree to the float rounding of the batched matrix products."""
     B, steps = 5, 30
     a = actions(steps, seed=1)
-    dream = BatchedDream(run, B, device="cpu")
+    dream = load_dream(run, B, device="cpu")
     batched = [dream.reset(seed=100)]
     for t in range(steps):
         batched.append(dream.step(np.repeat(a[t:t + 1], B, axis=0))[0])
     batched = torch.stack(batched, dim=1).numpy()  # (B, steps+1, D+H)
-    env = DreamEnv(run)
+    env = make_dream_env(run)
     for i in range(B):
         single, _ = rollout(env, 100 + i, a)
         assert len(single) == steps + 1
@@ -289,7 +286,7 @@ def test_bf16_products_follow_fp32_to_bf16_rounding(run):
     a = np.repeat(actions(1, seed=3), B, axis=0)
     obs = {}
     for precision in ("fp32", "bf16"):
-        dream = BatchedDream(run, B, device="cpu", precision=precision)
+        dream = load_dream(run, B, device="cpu", precision=precision)
         dream.reset(seed=11)
         obs[precision] = dream.step(a)[0].numpy()
     h32, h16 = obs["fp32"][:, D:], obs["bf16"][:, D:]
@@ -318,7 +315,7 @@ def test_dream_rollout_returns_shape_determinism_and_single_episodes(run):
     n = Controller(D, H).num_parameters
     params = np.random.default_rng(0).normal(0.0, 0.3, (P, n))
     params[2] = params[0]  # two equal candidates see the same trials (common random numbers)
-    dream = BatchedDream(run, device="cpu")
+    dream = load_dream(run, device="cpu")
     returns = dream_rollout_returns(params, T, seed=11, max_steps=steps, dream=dream)
     assert returns.shape == (P, T) and returns.dtype == np.float64
     assert np.array_equal(returns, dream_rollout_returns(params, T, 11, steps, dream=dream))
@@ -327,10 +324,10 @@ def test_dream_rollout_returns_shape_determinism_and_single_episodes(run):
     controllers = [Controller(D, H).set_flat(p) for p in params]
     np.testing.assert_allclose(
         dream_rollout_returns(controllers, T, 11, steps, dream=dream), returns, atol=1e-4)
-    from_dir = dream_rollout_returns(params, T, 11, steps, dream=run, device="cpu")
+    from_dir = dream_rollout_returns(params, T, 11, steps, dream=load_dream(run, device="cpu"))
     np.testing.assert_allclose(from_dir, returns, atol=1e-4)
     # candidate 1, trial 1 driven alone in a DreamEnv
-    env = DreamEnv(run, max_steps=steps)
+    env = make_dream_env(run, max_steps=steps)
     obs, _ = env.reset(seed=dream_trial_seeds(11, T)[1])
     total, done = 0.0, False
     with torch.no_grad():
@@ -385,7 +382,7 @@ def test_dream_at_tau_0_is_m_step_and_its_deterministic_sampler():
     latents, hidden and cell state, reward and P(done) equal to float rounding."""
     m = _sharp_m()
     B, steps = 6, 25
-    dream = BatchedDream.from_models(m, START, np.full_like(START, -2.0), batch_size=B,
+    dream = BatchedDream(m, START, np.full_like(START, -2.0), batch_size=B,
                                      temperature=0.0, device="cpu", precision="fp32")
     obs = dream.reset(seed=11)
     z = obs[:, :D].clone()
@@ -417,7 +414,7 @@ def test_dream_samples_at_tau_have_the_moments_of_ms_mixture(tau):
 
     m = _sharp_m()
     N = 20_000
-    dream = BatchedDream.from_models(m, START[:1], np.full((1, D), -40.0, np.float32),
+    dream = BatchedDream(m, START[:1], np.full((1, D), -40.0, np.float32),
                                      batch_size=N, temperature=tau, device="cpu",
                                      precision="fp32")
     z0 = dream.reset(seed=0)[:, :D]

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from worldmodels.config import load_config
-from worldmodels.control.agent import save_random_world_model
-from worldmodels.control.backends import InProcessBackend
-from worldmodels.control.cmaes import (
+from worldmodels.control.dream_fitness import dream_rollout_returns
+from worldmodels.errors import ConfigError
+from worldmodels.parallel.backends import InProcessBackend
+from worldmodels.run import load_dream, save_random_world_model
+from worldmodels.stages.train_controller import (
     dream_generation_seed,
     heldout_seeds,
     new_strategy,
     train_controller,
 )
-from worldmodels.envs.dream import BatchedDream, dream_rollout_returns
-from worldmodels.errors import ConfigError
 from worldmodels.utils.checkpoint import load_checkpoint
 
 HIDDEN = 32
@@ -79,7 +79,7 @@ def test_dream_training_scores_the_population_in_the_dream_and_the_mean_in_reali
     cfg = config()
     es = new_strategy(s["params"], cfg.controller)
     solutions = np.asarray(es.ask(), dtype=np.float64)
-    dream = BatchedDream(run, 8, 1.2, "cpu", max_steps=30)
+    dream = load_dream(run, 8, 1.2, "cpu", max_steps=30)
     returns = dream_rollout_returns(solutions, 2, dream_generation_seed(3, 0), 30, dream=dream)
     assert s["history"][1]["mean"] == pytest.approx(returns.mean(axis=1).mean(), abs=1e-9)
     assert s["history"][1]["best"] == pytest.approx(returns.mean(axis=1).max(), abs=1e-9)

@@ -25,19 +25,15 @@ from helpers import run_script
 
 from worldmodels.config import load_config
 from worldmodels.data.datasets import RolloutDataset
-from worldmodels.data.latents import (
-    FORMAT,
-    FORMAT_VERSION,
-    LatentDataset,
-    LatentSequences,
-    encode,
-    latents_path,
-    load_encoder,
-)
-from worldmodels.data.latents import main as encode_main
-from worldmodels.data.rollouts import DATASET_NAME, collect, episode_name
+from worldmodels.data.latents import FORMAT, FORMAT_VERSION, LatentDataset, latents_path
+from worldmodels.data.rollouts import DATASET_NAME, episode_name
+from worldmodels.data.sequences import LatentSequences
 from worldmodels.errors import DataError
-from worldmodels.train.vae import load_vae, train_vae
+from worldmodels.run import load_encoder, load_vae
+from worldmodels.stages.collect import collect
+from worldmodels.stages.encode import encode
+from worldmodels.stages.encode import main as encode_main
+from worldmodels.stages.train_vae import train_vae
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import run_script
 
-from worldmodels.control import WorldModelAgent
-from worldmodels.control.agent import save_random_world_model
-from worldmodels.control.evaluation import EpisodeSpec, evaluate, run_episodes
+from worldmodels.control.evaluation import EpisodeSpec, run_episodes
 from worldmodels.errors import DataError
+from worldmodels.run import load_agent, save_random_world_model
+from worldmodels.stages.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_evaluate_script_json_is_the_returns_of_tracks_s_to_s_plus_n(trained):
     assert (result["min"], result["max"]) == (returns.min(), returns.max())
     assert "bit-identical to CarRacing-v3" in r.stdout
     # the same episodes stepped here, one at a time: the same returns, exactly
-    agent = WorldModelAgent.from_run(trained)
+    agent = load_agent(trained)
     alone = run_episodes(agent, [EpisodeSpec(k, -1, s) for k, s in enumerate([7, 8, 9])],
                          max_steps=40, batch_size=1)
     assert [x.episode_return for x in alone] == result["returns"]
@@ -70,8 +70,8 @@ def test_missing_controller_is_a_one_line_error(tmp_path):
 
 def test_training_and_evaluation_tracks_are_disjoint_by_default():
     from worldmodels.config import CollectConfig
-    from worldmodels.control.cmaes import generation_seeds, heldout_seeds
     from worldmodels.seeds import EVALUATION_SEEDS, TRAINING_SEEDS, overlap
+    from worldmodels.stages.train_controller import generation_seeds, heldout_seeds
 
     assert not overlap(EVALUATION_SEEDS.start, len(EVALUATION_SEEDS), TRAINING_SEEDS)
     c = CollectConfig()

@@ -1,4 +1,4 @@
-"""The pretrained export (worldmodels.export, scripts/export_pretrained.py), the plots it
+"""The pretrained export (worldmodels.stages.export, scripts/export_pretrained.py), the plots it
 draws (worldmodels.utils.plots) and the default run of evaluate.py and watch.py
 (worldmodels.pretrained).
 
@@ -26,14 +26,19 @@ from helpers import ROOT, SCRIPTS, run_script
 
 import worldmodels.pretrained as pretrained
 from worldmodels.config import load_config
-from worldmodels.control.agent import load_controller, load_world_model, save_random_world_model
-from worldmodels.control.cmaes import train_controller
-from worldmodels.data.latents import load_encoder
-from worldmodels.envs.dream import BatchedDream
 from worldmodels.errors import DataError, WorldModelsError
-from worldmodels.export import export_pretrained
-from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_info
-from worldmodels.train.vae import load_vae
+from worldmodels.run import (
+    load_controller,
+    load_dream,
+    load_encoder,
+    load_mdnrnn,
+    load_vae,
+    load_world_model,
+    mdnrnn_info,
+    save_random_world_model,
+)
+from worldmodels.stages.export import export_pretrained
+from worldmodels.stages.train_controller import train_controller
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.utils.logs import RunLogger, read_metrics
 from worldmodels.utils.plots import BACKGROUND, COLORS, line_plot
@@ -140,7 +145,7 @@ def test_loaded_v_and_m_match_the_trained_ones_to_fp16_rounding_and_c_exactly(so
 
 
 def test_the_loaders_evaluation_and_dream_work_on_the_export(source, exported):
-    from worldmodels.control.evaluation import evaluate
+    from worldmodels.stages.evaluate import evaluate
 
     out, result = exported
     vae, mdnrnn, vae_model = load_world_model(out)
@@ -150,7 +155,7 @@ def test_the_loaders_evaluation_and_dream_work_on_the_export(source, exported):
     r = evaluate(out, 1, 0, workers=1, max_steps=10)
     assert r["episodes"] == 1 and len(r["returns"]) == 1
     assert r["generation"] == load_controller(source)[1]["step"]
-    dream = BatchedDream(out, batch_size=2, device="cpu", start="env", start_tracks=1)
+    dream = load_dream(out, batch_size=2, device="cpu", start="env", start_tracks=1)
     obs = dream.reset(seed=0)
     assert obs.shape == (2, 32 + H) and dream.temperature == TEMPERATURE
     dream.step(torch.zeros(2, 3))
@@ -380,7 +385,7 @@ def test_the_default_run_is_found_in_the_repository_root(tmp_path, monkeypatch, 
     expected = repo / "pretrained" / "carracing"
     assert pretrained.resolve_run("pretrained/carracing") == expected
     with pytest.raises(WorldModelsError, match=f"no trained controller in {expected}"):
-        from worldmodels.control.watch import main as watch_main
+        from worldmodels.stages.watch import main as watch_main
 
         watch_main([])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -9,7 +9,7 @@ import pytest
 
 import worldmodels.envs as envs
 from worldmodels.config import load_config
-from worldmodels.control.agent import WorldModelAgent, load_world_model, save_random_world_model
+from worldmodels.control.agent import WorldModelAgent
 from worldmodels.control.evaluation import (
     ZOOM_FRAMES,
     EpisodeSpec,
@@ -19,6 +19,7 @@ from worldmodels.control.evaluation import (
 from worldmodels.envs.car_racing import ApproxFrameRenderer
 from worldmodels.envs.preprocess import preprocess_frame
 from worldmodels.errors import ConfigError
+from worldmodels.run import load_world_model, save_random_world_model
 
 HIDDEN = 32
 
@@ -127,7 +128,7 @@ def test_approx_training_episodes_run_and_count_frames(agent):
 
 
 def test_controller_action_repeat_must_be_the_world_models(world, tmp_path):
-    from worldmodels.control.cmaes import train_controller
+    from worldmodels.stages.train_controller import train_controller
 
     run = tmp_path / "run"
     run.mkdir()
@@ -163,7 +164,8 @@ def test_collection_with_action_repeat_stores_one_step_per_decision():
     """collect.action_repeat = 3: each stored step is the frame the policy saw, its action
     (held for 3 frames) and the sum of those frames' rewards; 100 frames give 34 steps; the
     same policy seed with k = 1 on stock CarRacing-v3 reproduces the rewards."""
-    from worldmodels.data.rollouts import _same_data, run_episode
+    from worldmodels.data.rollouts import _same_data
+    from worldmodels.stages.collect import run_episode
 
     cfg = load_config(overrides={"collect": {"max_steps": 100, "action_repeat": 3,
                                              "policy": "brownian"}}).collect
@@ -189,8 +191,8 @@ def test_collection_with_action_repeat_stores_one_step_per_decision():
 
 def test_encode_leaves_no_lock_file_behind(tmp_path):
     """encode.py's lock is utils.io.exclusive_lock: held while encoding, removed after."""
-    from worldmodels.data.latents import _lock
     from worldmodels.errors import WorldModelsError
+    from worldmodels.stages.encode import _lock
 
     with _lock(tmp_path, "vae"):
         assert (tmp_path / ".encode_vae.lock").exists()
@@ -204,7 +206,7 @@ def test_world_action_repeat_is_read_from_the_runs_data(tmp_path):
 
     import h5py
 
-    from worldmodels.control.agent import world_action_repeat
+    from worldmodels.run import world_action_repeat
 
     run = save_random_world_model(tmp_path / "run", hidden_dim=HIDDEN, seed=3)
     assert world_action_repeat(run) == 1  # nothing recorded: the paper's k

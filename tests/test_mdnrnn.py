@@ -1,6 +1,6 @@
 """worldmodels.memory: gmm_nll and mixture_nll against torch.distributions (extreme sigmas,
 far points, gradients), MDN-RNN shapes and parameter count, step == sequence, the loss
-training uses (worldmodels.train.mdnrnn.sequence_losses) against an independent reference
+training uses (worldmodels.stages.train_mdnrnn.sequence_losses) against an independent reference
 (MixtureSameFamily, MSE, weighted BCE) with its padding mask, temperature sampling
 statistics, and the discrete (VQ) variant."""
 
@@ -15,14 +15,14 @@ from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from worldmodels.memory import (
     MDNRNN,
-    DiscreteMDNRNN,
+    CodeRNN,
     MDNOutput,
     gmm_nll,
     mixture_nll,
     sample_next,
     sample_next_codes,
 )
-from worldmodels.train.mdnrnn import sequence_losses
+from worldmodels.memory.losses import sequence_losses
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -367,7 +367,7 @@ def test_sample_next_concentrates_as_tau_goes_to_zero():
 
 def test_discrete_parameter_count():
     K, cells, A, H, E = 128, 64, 3, 256, 8
-    model = DiscreteMDNRNN(K, cells, A, H, E)
+    model = CodeRNN(K, cells, A, H, E)
     formula = K * E + 4 * H * (cells * E + A + H) + 8 * H + (H + 1) * cells * K + 2 * (H + 1)
     assert sum(p.numel() for p in model.parameters()) == formula == 2_898_434
 
@@ -377,7 +377,7 @@ def test_discrete_shapes_loss_and_step(grid):
     torch.manual_seed(0)
     B, T, K, A, H = 2, 4, 7, 3, 10
     cells = 6
-    model = DiscreteMDNRNN(K, cells, A, H, code_embed_dim=3)
+    model = CodeRNN(K, cells, A, H, code_embed_dim=3)
     codes = torch.randint(0, K, (B, T + 1, *grid), generator=_gen(0))
     a, reward = torch.rand(B, T, A), torch.randn(B, T)
     done = torch.zeros(B, T, dtype=torch.bool)
@@ -406,7 +406,7 @@ def test_discrete_shapes_loss_and_step(grid):
 
 def test_discrete_loss_mask_ignores_padded_steps():
     torch.manual_seed(0)
-    model = DiscreteMDNRNN(5, 4, hidden_dim=8, code_embed_dim=2, reward_head=False, done_head=False)
+    model = CodeRNN(5, 4, hidden_dim=8, code_embed_dim=2, reward_head=False, done_head=False)
     codes = torch.randint(0, 5, (1, 5, 4), generator=_gen(0))
     out = model(codes[:, :-1], torch.rand(1, 4, 3, generator=_gen(1)))
     batch = {"codes": codes, "actions": torch.rand(1, 4, 3, generator=_gen(1)),

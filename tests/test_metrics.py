@@ -1,4 +1,4 @@
-"""worldmodels.generative.metrics and .features: each metric against an independent
+"""worldmodels.metrics.generative and .features: each metric against an independent
 reference (closed forms, brute-force loops), their defining properties, and the in-project
 feature networks on a real tiny dataset (train, extract, save -> load, sample quality)."""
 
@@ -12,9 +12,8 @@ import torch
 
 from worldmodels.config import load_config
 from worldmodels.data.datasets import RolloutDataset, load_frames
-from worldmodels.data.rollouts import collect
 from worldmodels.errors import DataError
-from worldmodels.generative.features import (
+from worldmodels.metrics.features import (
     FrameFeatureNet,
     RandomFeatureNet,
     evaluate_feature_net,
@@ -26,16 +25,17 @@ from worldmodels.generative.features import (
     save_feature_net,
     train_feature_net,
 )
-from worldmodels.generative.metrics import (
+from worldmodels.metrics.generative import (
     bits_per_dim,
     frechet_distance,
     frechet_distance_gaussians,
-    kernel_inception_distance,
+    kernel_distance,
     mse,
     polynomial_mmd2,
     precision_recall,
     psnr,
 )
+from worldmodels.stages.collect import collect
 from worldmodels.utils.checkpoint import save_checkpoint
 
 SMALL = {"feature_dim": 32, "base_channels": 8}  # tiny nets: 2 shared CPU cores
@@ -110,7 +110,7 @@ def test_kid_matches_brute_force():
     expected = _mmd2_loops(a, b)
     assert polynomial_mmd2(a, b) == pytest.approx(expected, rel=1e-10)
     # one subset holding every row: a permutation of the full sets, the same estimate
-    mean, std = kernel_inception_distance(a, b, num_subsets=1, subset_size=100)
+    mean, std = kernel_distance(a, b, num_subsets=1, subset_size=100)
     assert mean == pytest.approx(expected, rel=1e-10) and std == 0.0
     c = rng.normal(size=(7, 4))
     assert polynomial_mmd2(a, c) == pytest.approx(_mmd2_loops(a, c), rel=1e-10)
@@ -119,11 +119,11 @@ def test_kid_matches_brute_force():
 def test_kid_near_zero_for_same_distribution_positive_when_shifted():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
-    same, same_std = kernel_inception_distance(a, b, num_subsets=20, subset_size=100, seed=0)
-    shifted, shifted_std = kernel_inception_distance(a, b + 1.0, num_subsets=20, subset_size=100, seed=0)
+    same, same_std = kernel_distance(a, b, num_subsets=20, subset_size=100, seed=0)
+    shifted, shifted_std = kernel_distance(a, b + 1.0, num_subsets=20, subset_size=100, seed=0)
     assert abs(same) < 3 * same_std + 1e-3
     assert shifted > 10 * max(abs(same), shifted_std)
-    assert kernel_inception_distance(a, b, 5, 50, seed=7) == kernel_inception_distance(a, b, 5, 50, seed=7)
+    assert kernel_distance(a, b, 5, 50, seed=7) == kernel_distance(a, b, 5, 50, seed=7)
 
 
 # ------------------------------------------------------------------ precision / recall

@@ -1,4 +1,4 @@
-"""The whole pipeline in one call (worldmodels.pipeline.run_pipeline, scripts/pipeline.py).
+"""The whole pipeline in one call (worldmodels.stages.pipeline.run_pipeline, scripts/pipeline.py).
 
 Ha & Schmidhuber (2018, arXiv:1803.10122), section 3's procedure end to end -- collect, V,
 encode, M, C, evaluation on held-out tracks beside the zero and a random controller, a
@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import run_script
 from worldmodels.config import apply_dict, load_config, validate
-from worldmodels.pipeline import STAGES, run_pipeline
+from worldmodels.stages.pipeline import STAGES, run_pipeline
 
 TINY = {
     "collect": {"episodes": 6, "max_steps": 100, "workers": 1},

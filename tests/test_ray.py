@@ -4,7 +4,7 @@ import pytest
 from helpers import assert_same_data
 
 from worldmodels.config import load_config
-from worldmodels.data.rollouts import collect
+from worldmodels.stages.collect import collect
 
 ray = pytest.importorskip("ray")
 

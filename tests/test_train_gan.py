@@ -12,13 +12,14 @@ import torch
 from helpers import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import worldmodels.train.gan as train_module
+import worldmodels.stages.train_gan as train_module
 from worldmodels.config import load_config
 from worldmodels.data.datasets import load_frames
-from worldmodels.data.rollouts import DATASET_NAME, collect
+from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.generative.gan import DCGAN, from_gan_range
-from worldmodels.train.gan import gan_step, load_gan, real_batch, sample_gan, train_gan
+from worldmodels.stages.collect import collect
+from worldmodels.stages.train_gan import gan_step, load_gan, real_batch, sample_gan, train_gan
 from worldmodels.utils.checkpoint import load_checkpoint
 from worldmodels.utils.images import make_grid
 from worldmodels.utils.logs import to_uint8_images

@@ -1,4 +1,4 @@
-"""Training M (worldmodels.train.mdnrnn, scripts/train_mdnrnn.py) on real tiny latents.
+"""Training M (worldmodels.stages.train_mdnrnn, scripts/train_mdnrnn.py) on real tiny latents.
 
 M is the MDN-RNN of Ha & Schmidhuber (2018, arXiv:1803.10122; Bishop 1994, Graves 2013):
 a short run lowers the training loss and writes checkpoints, TensorBoard events, metrics
@@ -25,19 +25,18 @@ from helpers import run_script
 from test_encode import write_latents
 
 from worldmodels.config import load_config
-from worldmodels.data.latents import LatentDataset, LatentSequences, encode, latents_path
-from worldmodels.data.rollouts import DATASET_NAME, collect
+from worldmodels.data.latents import LatentDataset, latents_path
+from worldmodels.data.rollouts import DATASET_NAME
+from worldmodels.data.sequences import LatentSequences
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.memory import MDNRNN, DiscreteMDNRNN
-from worldmodels.train import mdnrnn as train_module
-from worldmodels.train.mdnrnn import (
-    Baselines,
-    evaluate,
-    load_mdnrnn,
-    mdnrnn_info,
-    train_mdnrnn,
-)
-from worldmodels.train.vae import train_vae
+from worldmodels.memory import MDNRNN, CodeRNN
+from worldmodels.run import load_mdnrnn, mdnrnn_info
+from worldmodels.stages import train_mdnrnn as train_module
+from worldmodels.stages.collect import collect
+from worldmodels.stages.encode import encode
+from worldmodels.stages.mdnrnn_eval import Baselines, evaluate
+from worldmodels.stages.train_mdnrnn import train_mdnrnn
+from worldmodels.stages.train_vae import train_vae
 from worldmodels.utils.checkpoint import load_checkpoint
 
 
@@ -312,7 +311,7 @@ def test_discrete_m_on_vqvae_codes(tmp_path, source):
     s = train_mdnrnn(cfg, run, progress=False)
     assert (s["model"], s["vae_model"]) == ("discrete_mdnrnn", "vqvae")
     assert 0 < s["baseline/nll"] < np.log(128) + 1e-6 and np.isfinite(s["val/nll"])
-    assert isinstance(load_mdnrnn(run), DiscreteMDNRNN) and Path(s["figure"]).exists()
+    assert isinstance(load_mdnrnn(run), CodeRNN) and Path(s["figure"]).exists()
 
 
 def test_script_help_and_missing_latents(tmp_path, source):

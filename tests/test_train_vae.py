@@ -1,4 +1,4 @@
-"""Training V (worldmodels.train.vae, scripts/train_vae.py) on a real tiny dataset.
+"""Training V (worldmodels.stages.train_vae, scripts/train_vae.py) on a real tiny dataset.
 
 V of Ha & Schmidhuber (2018, arXiv:1803.10122) as a VAE, a β-VAE (Higgins et al. 2017)
 and a VQ-VAE (van den Oord et al. 2017): each lowers its loss and writes checkpoints,
@@ -20,17 +20,14 @@ import torch
 from helpers import run_script
 
 from worldmodels.config import load_config
-from worldmodels.data.rollouts import DATASET_NAME, collect
+from worldmodels.data.frames import FrameSource
+from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, WorldModelsError
-from worldmodels.train import vae as train_module
-from worldmodels.train.vae import (
-    FrameSource,
-    Objective,
-    evaluate,
-    load_code_prior,
-    load_vae,
-    train_vae,
-)
+from worldmodels.generative.objective import Objective
+from worldmodels.run import load_code_prior, load_vae
+from worldmodels.stages import train_vae as train_module
+from worldmodels.stages.collect import collect
+from worldmodels.stages.train_vae import evaluate, train_vae
 from worldmodels.utils.checkpoint import load_checkpoint
 
 STEPS_PER_EPOCH = 10
@@ -225,7 +222,8 @@ def _same_batch_losses(precision: str):
     """Our training loss and the benchmark's plain reference loss on the same weights,
     frames and noise."""
     from worldmodels.benchmark.vae import ReferenceVAE, reference_loss
-    from worldmodels.train.vae import model_from_config, prepare_model, to_float, training_losses
+    from worldmodels.generative.objective import to_float, training_losses
+    from worldmodels.stages.train_vae import model_from_config, prepare_model
 
     v = load_config().vae
     torch.manual_seed(0)

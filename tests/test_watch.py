@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers import run_script
 
-from worldmodels.control.agent import save_random_world_model
 from worldmodels.control.controller import Controller
 from worldmodels.errors import WorldModelsError
+from worldmodels.run import save_random_world_model
 from worldmodels.utils.checkpoint import save_checkpoint
 from worldmodels.utils.video import VideoWriter, annotate, panels, write_video
 
@@ -124,7 +124,7 @@ def test_without_save_never_writes_into_an_exported_run(tmp_path, monkeypatch, c
     as it was and the video goes to ./runs/watch/."""
     from helpers import ROOT
 
-    from worldmodels.control.watch import default_video, main
+    from worldmodels.stages.watch import default_video, main
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # no display
     cwd = tmp_path / "cwd"
@@ -149,7 +149,7 @@ def test_without_save_never_writes_into_an_exported_run(tmp_path, monkeypatch, c
 
 
 def test_help_descriptions_are_whole_sentences(capsys):
-    from worldmodels.control.watch import parse_args
+    from worldmodels.stages.watch import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--help"])

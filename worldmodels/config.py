@@ -5,7 +5,8 @@ Every field carries its help text in ``metadata["help"]``; the scripts turn thos
 section by section (``[collect]``, ...); command-line flags and ``--set section.key=value``
 override the preset. Unknown sections or keys, wrong types and impossible values raise
 :class:`~worldmodels.errors.ConfigError` with a one-line message. The resolved config is
-written to ``<run>/config.json`` by every stage (see :func:`save_resolved`).
+written to ``<run>/config.json`` by every stage, each its own section (see
+:func:`save_stage_config`).
 
 Defaults follow Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, and the
 authors' code: 10,000 random-policy rollouts of CarRacing, frames cropped and resized

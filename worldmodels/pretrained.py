@@ -1,6 +1,6 @@
 """The shipped reference run: where it lives and how the scripts find it.
 
-``scripts/export_pretrained.py`` writes it (:func:`worldmodels.export.export_pretrained`);
+``scripts/export_pretrained.py`` writes it (:func:`worldmodels.stages.export.export_pretrained`);
 ``scripts/evaluate.py`` and ``scripts/watch.py`` use it when no ``--run`` is given. The
 default is looked for in the current directory first, then in the repository root, so that
 the scripts find it from any directory. Standard library only: ``evaluate.py`` resolves it

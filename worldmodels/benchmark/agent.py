@@ -62,14 +62,14 @@ def run(population: int = 8, trials: int = 2, steps: int = 200, workers: int = 0
     :param lockstep: batch sizes of the lockstep rows (one worker process).
     :param run_dir: a run with trained V and M (default: random ones).
     """
-    from worldmodels.control.agent import load_world_model, save_random_world_model
-    from worldmodels.control.backends import LocalBackend
-    from worldmodels.control.evaluation import EpisodeSpec, make_bundle
+    from worldmodels.control.evaluation import EpisodeSpec, worker_bundle
+    from worldmodels.parallel.backends import LocalBackend
+    from worldmodels.run import load_world_model, save_random_world_model
 
     with tempfile.TemporaryDirectory() as tmp:
         run_path = Path(run_dir) if run_dir else save_random_world_model(Path(tmp), seed=0)
         vae, mdnrnn, _ = load_world_model(run_path, device=device)
-    bundle = make_bundle(vae, mdnrnn, device=device)
+    bundle = worker_bundle(vae, mdnrnn, device=device)
     num_params = 3 * (vae.latent_dim + mdnrnn.hidden_dim + 1)
     widest = max(lockstep + (4,))
     params = np.random.default_rng(0).normal(0.0, 0.1, (widest, num_params))

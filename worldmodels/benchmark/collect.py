@@ -24,7 +24,7 @@ FRAME_BYTES = 64 * 64 * 3
 
 def _throughput(episodes: int, steps: int, workers: int, root: Path) -> dict[str, Any]:
     from worldmodels.config import load_config
-    from worldmodels.data.rollouts import collect
+    from worldmodels.stages.collect import collect
 
     cfg = load_config(overrides={"collect": {"episodes": episodes, "max_steps": steps,
                                              "workers": workers, "seed": 100}})

@@ -7,7 +7,6 @@ same 10,000 episodes; at that scale reading, not the model, can be the bottlenec
   decompresses its whole lzf chunk;
 * ``FrameDataset`` frames in order (one decompression per chunk, thanks to its cache);
 * ``FrameDataset.sample_batches``: whole chunks in random order through a shuffle buffer;
-* ``SequenceDataset`` random windows for M, in sequences/s and frames/s;
 * ``load_frames`` into one tensor, in MB/s of raw frames (CPU, and CUDA when present).
 
 Without a ``path`` a small real dataset is collected into a temporary directory first
@@ -30,13 +29,11 @@ from worldmodels.data.datasets import (
     FRAME_BYTES,
     FrameDataset,
     RolloutDataset,
-    SequenceDataset,
     fits_in_memory,
     load_frames,
 )
 
 BATCH_SIZE = 100
-SEQ_LEN = 32
 
 
 def _timed(fn: Callable[[], int]) -> tuple[int, float]:
@@ -81,15 +78,6 @@ def measure(path: str, quick: bool) -> list[dict[str, Any]]:
         rows.append(_row(f"data: FrameDataset.sample_batches (B={BATCH_SIZE}, chunk-aligned)",
                          count / seconds, "frames/s"))
 
-        if int(rollouts.lengths.max()) >= SEQ_LEN:
-            sequences = SequenceDataset(rollouts, SEQ_LEN)
-            ids = rng.integers(0, len(sequences), 50 if quick else 500)
-            count, seconds = _timed(lambda: sum(1 for i in ids if sequences[int(i)] is not None))
-            rows.append(_row(f"data: SequenceDataset random windows (L={SEQ_LEN})",
-                             count / seconds, "sequences/s"))
-            rows.append(_row(f"data: SequenceDataset random windows (L={SEQ_LEN})",
-                             count * SEQ_LEN / seconds, "frames/s"))
-
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         chosen = _episodes_within(rollouts, (256 if quick else 4096) * 2**20)
         for device in devices:
@@ -115,7 +103,7 @@ def run(path: str | None = None, quick: bool = True) -> list[dict[str, Any]]:
     if path is not None:
         return measure(path, quick)
     from worldmodels.config import load_config
-    from worldmodels.data.rollouts import collect
+    from worldmodels.stages.collect import collect
 
     cfg = load_config(overrides={"collect": {"episodes": 4, "max_steps": 300, "workers": 2}})
     with tempfile.TemporaryDirectory(prefix="wm-bench-data-") as tmp:

@@ -78,8 +78,9 @@ def _agent_steps_per_s(steps: int, seed: int, envs: int = AGENT_ENVS) -> float:
     """FastCarRacing-v3 driven by V + M + C (random weights, paper sizes) on the CPU, ``envs``
     episodes in lockstep as one evaluation worker runs them
     (:func:`~worldmodels.control.evaluation.run_episodes`); resets excluded."""
-    from worldmodels.control.agent import WorldModelAgent, load_world_model, save_random_world_model
+    from worldmodels.control.agent import WorldModelAgent
     from worldmodels.control.evaluation import EpisodeSpec, run_episodes
+    from worldmodels.run import load_world_model, save_random_world_model
 
     with tempfile.TemporaryDirectory() as tmp:
         run = save_random_world_model(tmp, latent_dim=LATENT_DIM, hidden_dim=HIDDEN_DIM, seed=seed)
@@ -108,7 +109,7 @@ def _dream_steps_per_s(m: Any, batch_size: int, steps: int, device: torch.device
     from worldmodels.envs.dream import BatchedDream
 
     starts = np.random.default_rng(seed).normal(size=(16, LATENT_DIM)).astype(np.float32)
-    dream = BatchedDream.from_models(m, starts, np.full_like(starts, -2.0),
+    dream = BatchedDream(m, starts, np.full_like(starts, -2.0),
                                      batch_size=batch_size, device=device, precision=precision,
                                      max_steps=steps + WARMUP_STEPS + 1)
     dream.reset(seed=seed)
@@ -127,13 +128,14 @@ def _dream_steps_per_s(m: Any, batch_size: int, steps: int, device: torch.device
 def _population_steps_per_s(m: Any, batch_size: int, steps: int, device: torch.device,
                             precision: str, seed: int) -> tuple[float, int]:
     from worldmodels.control.controller import Controller
-    from worldmodels.envs.dream import BatchedDream, dream_rollout_returns
+    from worldmodels.control.dream_fitness import dream_rollout_returns
+    from worldmodels.envs.dream import BatchedDream
 
     P = max(1, batch_size // TRIALS)
     n = Controller(LATENT_DIM, HIDDEN_DIM).num_parameters
     params = np.random.default_rng(seed).normal(0.0, 0.1, (P, n))
     starts = np.random.default_rng(seed).normal(size=(16, LATENT_DIM)).astype(np.float32)
-    dream = BatchedDream.from_models(m, starts, np.full_like(starts, -2.0), device=device,
+    dream = BatchedDream(m, starts, np.full_like(starts, -2.0), device=device,
                                      precision=precision)
     dream_rollout_returns(params, TRIALS, seed, WARMUP_STEPS, dream=dream)
     _sync(device)

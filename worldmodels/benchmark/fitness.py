@@ -63,10 +63,10 @@ def run(population: int = 8, trials: int = 2, steps: int = 400, workers: int = 0
     :param repeats: timed generations per row (best of), alternating with the stock row.
     :param seed: the tracks (training range: never an evaluation track).
     """
-    from worldmodels.control.agent import load_controller, load_world_model
-    from worldmodels.control.backends import LocalBackend
-    from worldmodels.control.evaluation import EpisodeSpec, make_bundle
+    from worldmodels.control.evaluation import EpisodeSpec, worker_bundle
+    from worldmodels.parallel.backends import LocalBackend
     from worldmodels.pretrained import DEFAULT_RUN, resolve_run
+    from worldmodels.run import load_controller, load_world_model
     from worldmodels.utils.torch import cpu_has_native_bf16
 
     path = resolve_run(run_dir or DEFAULT_RUN)
@@ -85,7 +85,7 @@ def run(population: int = 8, trials: int = 2, steps: int = 400, workers: int = 0
     rows: list[dict[str, Any]] = []
     native = cpu_has_native_bf16()
     for label, precision, k, renderer, rule, limit in levers:
-        bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, action_repeat=k,
+        bundle = worker_bundle(vae, mdnrnn, controller_kwargs=kwargs, action_repeat=k,
                              precision=precision)
         best = None
         with LocalBackend(bundle, workers=workers) as backend:

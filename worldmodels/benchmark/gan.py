@@ -1,6 +1,6 @@
 """Benchmark of DCGAN training: images/s of one D step plus one G step.
 
-The step is :func:`worldmodels.train.gan.gan_step`, the training loop's own (GAN of
+The step is :func:`worldmodels.stages.train_gan.gan_step`, the training loop's own (GAN of
 Goodfellow et al. 2014, arXiv:1406.2661; DCGAN architecture and Adam settings of Radford
 et al. 2016, arXiv:1511.06434), on synthetic frames already on the device, so the numbers
 are the model's speed, not the data pipeline's (``scripts/benchmark.py data`` measures
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from worldmodels.generative.gan import DCGAN
-from worldmodels.train.gan import gan_step
+from worldmodels.stages.train_gan import gan_step
 from worldmodels.utils.torch import channels_last, resolve_device, seed_everything
 
 WARMUP_STEPS = 3

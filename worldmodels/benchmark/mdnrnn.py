@@ -4,7 +4,7 @@ M is the MDN-RNN of Ha & Schmidhuber, *World Models* (2018, arXiv:1803.10122): a
 a Gaussian-mixture head per latent dimension (Bishop 1994; Graves 2013, arXiv:1308.0850),
 at the paper's sizes (z 32, 256 units, 5 Gaussians) and the authors' batch of 100
 sequences of 999 transitions. Our step is exactly what
-:func:`worldmodels.train.mdnrnn.train_mdnrnn` does per batch: latents already on the
+:func:`worldmodels.stages.train_mdnrnn.train_mdnrnn` does per batch: latents already on the
 device, ``z`` resampled from ``N(mu, sigma^2)``, teacher-forced forward (the LSTM under bf16
 autocast on CUDA and on CPUs with native bf16; heads and losses in fp32), the mixture NLL
 straight from the head's raw output (compiled where ``compile_loss`` says so), backward,
@@ -35,9 +35,15 @@ from worldmodels.benchmark.vae import alternate, device_name
 from worldmodels.config import load_config
 from worldmodels.generative.vae import reparameterize
 from worldmodels.memory import MDNRNN, mixture_nll
-from worldmodels.train.mdnrnn import clip_gradients, mixture_loss_fn, sequence_losses
-from worldmodels.train.vae import fused_adam, use_bf16
-from worldmodels.utils.torch import count_parameters, resolve_device, seed_everything
+from worldmodels.memory.losses import clip_gradients, sequence_losses
+from worldmodels.stages.train_mdnrnn import mixture_loss_fn
+from worldmodels.utils.torch import (
+    count_parameters,
+    fused_adam,
+    resolve_device,
+    seed_everything,
+    use_bf16,
+)
 
 WARMUP_STEPS = 2
 LATENT_DIM = 32  # the paper's z

@@ -3,9 +3,9 @@ achieved TFLOP/s vs the bf16 peak.
 
 V is the convolutional VAE of Ha & Schmidhuber, *World Models* (2018, arXiv:1803.10122),
 a β-VAE (Higgins et al. 2017) or a VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937).
-Our step is exactly what :func:`worldmodels.train.vae.train_vae` does per batch: uint8
+Our step is exactly what :func:`worldmodels.stages.train_vae.train_vae` does per batch: uint8
 frames already on the device -> float, forward (channels_last; bf16 autocast on CUDA and on
-CPUs with native bf16, :func:`~worldmodels.train.vae.use_bf16`; the first deconvolution as
+CPUs with native bf16, :func:`~worldmodels.stages.train_vae.use_bf16`; the first deconvolution as
 the matrix product it is, :meth:`~worldmodels.generative.ConvVAE.decode`), losses in fp32,
 backward, fused Adam step.
 
@@ -38,17 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from worldmodels.config import load_config
 from worldmodels.generative import ConvVAE
-from worldmodels.train.vae import (
-    MODELS,
-    Objective,
-    fused_adam,
-    model_from_config,
-    prepare_model,
-    to_float,
-    training_losses,
-    use_bf16,
-)
-from worldmodels.utils.torch import resolve_device, seed_everything
+from worldmodels.generative.objective import Objective, to_float, training_losses
+from worldmodels.generative.registry import MODELS
+from worldmodels.stages.train_vae import model_from_config, prepare_model
+from worldmodels.utils.torch import fused_adam, resolve_device, seed_everything, use_bf16
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peak of the NVIDIA H200 SXM, from NVIDIA's
 # datasheet (1,979 TFLOP/s "with sparsity"; the dense rate is half).

@@ -7,12 +7,15 @@ training by CMA-ES (Hansen 2016, arXiv:1604.00772) in the real environment.
   vectors for CMA-ES (``get_flat`` / ``set_flat`` / ``from_flat``).
 * :class:`WorldModelAgent` (:mod:`~worldmodels.control.agent`): V + M + C turning raw frames
   into actions for many environments at once, M's state carried step to step.
-* :mod:`~worldmodels.control.evaluation`: episodes in lockstep, and ``evaluate.py``.
-* :mod:`~worldmodels.control.backends`: local worker processes or Ray, crash-tolerant.
-* :mod:`~worldmodels.control.cmaes`: ``train_controller.py``, resumable CMA-ES.
+* :mod:`~worldmodels.control.evaluation`: real episodes in lockstep (what workers run).
+* :mod:`~worldmodels.control.dream_fitness`: candidates x trials in M's dream at once.
+* :mod:`~worldmodels.control.es_state`: the CMA-ES state as plain tensors (no pickle).
+
+Loading them from a run is :mod:`worldmodels.run`'s; the training stage is
+:mod:`worldmodels.stages.train_controller`.
 """
 
-from worldmodels.control.agent import WorldModelAgent, load_controller, load_world_model
+from worldmodels.control.agent import WorldModelAgent
 from worldmodels.control.controller import ACTION_DIM, Controller, map_action
 
 __all__ = [
@@ -20,6 +23,4 @@ __all__ = [
     "map_action",
     "ACTION_DIM",
     "WorldModelAgent",
-    "load_world_model",
-    "load_controller",
 ]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,17 +44,7 @@ from worldmodels.errors import DataError
 from worldmodels.generative import ConvVAE
 from worldmodels.memory.mdnrnn import MDNRNN
 
-__all__ = [
-    "WorldModelAgent",
-    "frames_to_tensor",
-    "load_world_model",
-    "load_controller",
-    "save_random_world_model",
-    "CONTROLLER_KIND",
-]
-
-#: checkpoint kind and stage directory of C
-CONTROLLER_KIND = "controller"
+__all__ = ["WorldModelAgent", "frames_to_tensor"]
 
 #: V's encoder arithmetic (see WorldModelAgent)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -144,24 +133,6 @@ class WorldModelAgent:
             controller if controller is not None
             else Controller(latent_dim=vae.latent_dim, hidden_dim=mdnrnn.hidden_dim))
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, *, device: str | torch.device = "cpu",
-                 vae_model: str = "auto", controller: str | None = "best",
-                 batch_invariant: bool = True) -> WorldModelAgent:
-        """The agent of a run: V and M (:func:`load_world_model`) and C from
-        ``controller/best.pt`` (``controller="best"``, else ``last.pt``), ``"last"``, or a
-        fresh C (``None``)."""
-        from worldmodels.utils.torch import resolve_device
-
-        device = resolve_device(device)
-        c = None
-        if controller is not None:
-            c, checkpoint = load_controller(run_dir, device, controller)
-            if vae_model == "auto":
-                vae_model = (checkpoint.get("extra") or {}).get("vae_model", "auto")
-        vae, mdnrnn, _ = load_world_model(run_dir, vae_model, device)
-        return cls(vae, mdnrnn, c, device=device, batch_invariant=batch_invariant)
 
     # ------------------------------------------------------------------------ properties
 
@@ -309,128 +280,3 @@ class WorldModelAgent:
             self.state[1][index] = c_next
         return a.float().cpu().numpy()
 
-
-# ------------------------------------------------------------------------------ loading
-
-
-def _load_mdnrnn(run_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, str | None]:
-    """M of a run and the name of the V it was trained on (None when not recorded)."""
-    from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_info
-
-    info = mdnrnn_info(run_dir)
-    return load_mdnrnn(run_dir, device), info.get("vae_model")
-
-
-def load_world_model(
-    run_dir: str | Path, vae_model: str = "auto", device: str | torch.device = "cpu"
-) -> tuple[ConvVAE, MDNRNN, str]:
-    """V and M of a run, in eval mode on ``device``.
-
-    :param vae_model: ``auto`` (the V that M was trained on, as M's checkpoint records it;
-        ``vae`` when it does not), ``vae`` or ``betavae``.
-    :return: ``(vae, mdnrnn, vae_model)``, the last the V actually loaded.
-    :raises DataError: a missing stage, or a V and an M that do not fit together.
-    """
-    from worldmodels.train.vae import load_vae
-    from worldmodels.utils.torch import resolve_device
-
-    device = resolve_device(device)
-    mdnrnn, trained_on = _load_mdnrnn(run_dir, device)
-    if vae_model == "auto":
-        vae_model = trained_on or "vae"
-    elif trained_on is not None and trained_on != vae_model:
-        raise DataError(f"M in {run_dir} was trained on the latents of {trained_on!r}, not "
-                        f"{vae_model!r}: pass --vae-model {trained_on} (or auto)")
-    if vae_model not in ("vae", "betavae"):
-        raise DataError(f"the controller needs a continuous V ('vae' or 'betavae'); M in "
-                        f"{run_dir} was trained on {vae_model!r} latents")
-    vae = load_vae(run_dir, vae_model, device)
-    if not isinstance(mdnrnn, MDNRNN) or mdnrnn.latent_dim != vae.latent_dim:
-        raise DataError(f"M in {run_dir} does not read V's z (latent_dim "
-                        f"{getattr(mdnrnn, 'latent_dim', '?')} vs {vae.latent_dim}): retrain M "
-                        "on this V's latents")
-    return vae, mdnrnn, vae_model
-
-
-def load_controller(run_dir: str | Path, device: str | torch.device = "cpu",
-                    which: str = "best") -> tuple[Controller, dict[str, Any]]:
-    """C of a run from ``<run>/controller/best.pt`` (``which="best"``, falling back to
-    ``last.pt``) or ``last.pt`` (``which="last"``).
-
-    :return: ``(controller in eval mode, checkpoint)``.
-    :raises DataError: no controller checkpoint.
-    """
-    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
-
-    stage = Path(run_dir) / CONTROLLER_KIND
-    names = ([CheckpointManager.BEST, CheckpointManager.LAST] if which == "best"
-             else [CheckpointManager.LAST])
-    path = next((stage / n for n in names if (stage / n).exists()), None)
-    if path is None:
-        raise DataError(f"no trained controller in {stage}: run scripts/train_controller.py "
-                        f"--run {run_dir} first")
-    checkpoint = load_checkpoint(path, kind=CONTROLLER_KIND, map_location="cpu")
-    controller = Controller(**checkpoint["model_config"])
-    controller.load_state_dict(checkpoint["state_dict"])
-    checkpoint["path"] = str(path)
-    return controller.to(device).eval(), checkpoint
-
-
-def save_random_world_model(run_dir: str | Path, *, latent_dim: int = 32, hidden_dim: int = 256,
-                            seed: int = 0) -> Path:
-    """Write a randomly initialised V (``<run>/vae/best.pt``) and M (``<run>/mdnrnn/best.pt``)
-    in the formats of their training stages: a run directory for tests and benchmarks of C
-    that need no trained world model. Returns ``run_dir``."""
-    from worldmodels.utils.checkpoint import save_checkpoint
-
-    run_dir = Path(run_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = ConvVAE(latent_dim=latent_dim)
-        mdnrnn = MDNRNN(latent_dim=latent_dim, hidden_dim=hidden_dim)
-    save_checkpoint(run_dir / "vae" / "best.pt", kind="vae", model=vae,
-                    model_config={"model": "vae", **vae.hparams}, step=0)
-    save_checkpoint(run_dir / "mdnrnn" / "best.pt", kind="mdnrnn", model=mdnrnn,
-                    model_config={"model": "mdnrnn", **mdnrnn.hparams}, step=0,
-                    extra={"vae": {"model": "vae"}})
-    return run_dir
-
-
-def world_action_repeat(run_dir: str | Path) -> int:
-    """The action repeat k the world model of ``run_dir`` was built with: what collection
-    used for the data M learned from. Read from M's checkpoint (``extra.action_repeat``), else
-    the latents it was trained on, else the run's ``rollouts.h5``, else ``config.json``'s
-    ``[collect]``; 1 (the paper, and every run made before k existed) when none says."""
-    import json
-
-    import h5py
-
-    from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint
-
-    run_dir = Path(run_dir)
-    stage = run_dir / "mdnrnn"
-    path = next((stage / n for n in (CheckpointManager.BEST, CheckpointManager.LAST)
-                 if (stage / n).exists()), None)
-    sources: list[Path] = []
-    if path is not None:
-        extra = load_checkpoint(path, kind="mdnrnn", map_location="cpu").get("extra") or {}
-        if "action_repeat" in extra:
-            return int(extra["action_repeat"])
-        if extra.get("latents"):
-            sources.append(Path(extra["latents"]))
-    sources.append(run_dir / "rollouts.h5")
-    for source in sources:
-        try:
-            with h5py.File(source, "r") as f:
-                if "rollouts" in f.attrs:  # latents: the rollouts they were encoded from
-                    config = json.loads(f.attrs["rollouts"]).get("config") or {}
-                else:  # rollouts.h5: its collection config
-                    config = json.loads(f.attrs.get("config", "{}"))
-            return int(config.get("action_repeat", 1))
-        except (OSError, ValueError, TypeError):
-            continue
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        return int(saved.get("collect", {}).get("action_repeat", 1))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 1

@@ -10,7 +10,7 @@ score). This module runs such episodes:
   contributing rows. Each episode's return is the one it would have alone (the agent is
   batch-invariant; ``tests/test_agent.py`` checks it bit for bit).
 * :class:`WorkerState` is what one evaluation worker holds: V and M loaded once from a
-  serialised bundle (:func:`make_bundle`), and its environments, reused across tasks
+  serialised bundle (:func:`worker_bundle`), and its environments, reused across tasks
   (``reset(seed)`` rebuilds the track: a reused environment gives the same episode).
 * :func:`evaluate` is ``scripts/evaluate.py``: a run's controller on tracks ``S .. S+N-1``.
 
@@ -46,30 +46,23 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from worldmodels.control.agent import (
-    WorldModelAgent,
-    load_controller,
-    load_world_model,
-    world_action_repeat,
-)
+from worldmodels.control.agent import WorldModelAgent
 from worldmodels.control.controller import Controller
-from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.errors import ConfigError
 
 __all__ = [
     "TIME_PENALTY",
     "EpisodeSpec",
     "EpisodeResult",
-    "EnvPool",
+    "EnvCache",
     "run_episodes",
-    "make_bundle",
+    "worker_bundle",
     "WorkerState",
-    "evaluate",
 ]
 
 #: CarRacing's reward per frame without a new tile
@@ -121,7 +114,7 @@ def make_env() -> Any:
     return gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
 
 
-class EnvPool:
+class EnvCache:
     """Environments reused across episodes (creating one costs more than a reset)."""
 
     def __init__(self) -> None:
@@ -159,7 +152,7 @@ def run_episodes(
     action_repeat: int = 1,
     renderer: str = "exact",
     batch_size: int = 0,
-    envs: EnvPool | None = None,
+    envs: EnvCache | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run ``specs`` in lockstep groups of ``batch_size`` (0: all at once) in this process.
@@ -193,7 +186,7 @@ def run_episodes(
     if renderer not in RENDERERS:
         raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     own = envs is None
-    pool = envs if envs is not None else EnvPool()
+    pool = envs if envs is not None else EnvCache()
     cache: dict[int, Controller] = {}
 
     def controller(k: int) -> Controller:
@@ -296,7 +289,7 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
 # ---------------------------------------------------------------------------- workers
 
 
-def make_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
+def worker_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
                 controller_kwargs: dict[str, Any] | None = None, device: str = "cpu",
                 batch_invariant: bool = True, action_repeat: int = 1,
                 precision: str = "fp32", z: str = "mu") -> bytes:
@@ -326,7 +319,7 @@ def make_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
 class WorkerState:
     """One evaluation worker: the agent built from a bundle, and its environments.
 
-    :param bundle: bytes of :func:`make_bundle`.
+    :param bundle: bytes of :func:`worker_bundle`.
     :param device: overrides the bundle's device (e.g. a Ray node's own GPU).
     """
 
@@ -346,7 +339,7 @@ class WorkerState:
                                      batch_invariant=data["batch_invariant"],
                                      precision=data.get("precision", "fp32"),
                                      z=data.get("z", "mu"))
-        self.envs = EnvPool()
+        self.envs = EnvCache()
 
     def run(self, task: dict[str, Any], on_step: Callable[[int], None] | None = None
             ) -> list[tuple]:
@@ -367,91 +360,6 @@ class WorkerState:
     def close(self) -> None:
         self.envs.close()
 
-
-# ------------------------------------------------------------------------- evaluate.py
-
-
-def evaluate(
-    run_dir: str | Path,
-    episodes: int = 100,
-    seed: int = 0,
-    *,
-    workers: int = 0,
-    backend: str = "local",
-    address: str = "",
-    device: str = "cpu",
-    max_steps: int = 1000,
-    envs_per_worker: int = 0,
-    worker_timeout: float = 600.0,
-    checkpoint: str = "best",
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """Score a run's controller on tracks ``seed .. seed + episodes - 1`` (the paper's
-    protocol: 100 tracks, mean ± std of the full-episode returns), without early termination.
-
-    :param run_dir: holds V, M and ``controller/best.pt`` (else ``last.pt``).
-    :param checkpoint: ``best`` (the held-out best, else the last) or ``last``.
-    :param max_steps: 1000 is CarRacing-v3's episode; fewer gives returns that are not
-        CarRacing-v3 scores.
-    :return: ``mean``, ``std`` (population std of the returns), ``min``, ``max``,
-        ``returns`` (in seed order), ``seeds``, ``steps``, ``env_steps_per_s``, ``seconds``,
-        ``checkpoint``, ``generation``, ``env``.
-    """
-    from worldmodels.control.backends import make_backend
-
-    if episodes < 1:
-        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
-    if not 1 <= max_steps <= 1000:
-        raise ConfigError(f"--max-steps must be in 1..1000, got {max_steps}")
-    controller, ckpt = load_controller(run_dir, "cpu", checkpoint)
-    vae_model = (ckpt.get("extra") or {}).get("vae_model", "auto")
-    vae, mdnrnn, _ = load_world_model(run_dir, vae_model, "cpu")
-    hp = controller.hparams
-    if hp["latent_dim"] != vae.latent_dim or (hp["use_hidden_state"]
-                                              and hp["hidden_dim"] != mdnrnn.hidden_dim):
-        raise WorldModelsError(f"the controller in {run_dir} was trained for another V or M "
-                               f"(z {hp['latent_dim']}, h {hp['hidden_dim']})")
-    kwargs = {"hidden_layer": hp["hidden_layer"], "use_hidden_state": hp["use_hidden_state"]}
-    # The agent as it was trained: V's precision, z = mu | sample, the world model's k.
-    settings = (ckpt.get("extra") or {}).get("agent") or {}
-    bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=device,
-                         action_repeat=world_action_repeat(run_dir),
-                         precision=settings.get("precision", "fp32"),
-                         z=settings.get("z", "mu"))
-    params = controller.get_flat()[None]
-    seeds = [seed + k for k in range(episodes)]
-    specs = [EpisodeSpec(k, 0, s) for k, s in enumerate(seeds)]
-    t0 = time.perf_counter()
-    runner = make_backend(bundle, backend=backend, workers=workers,
-                          envs_per_worker=envs_per_worker, address=address,
-                          worker_timeout=worker_timeout)
-    try:
-        results = runner.run(params, specs, max_steps=max_steps, early_stop_steps=0,
-                             progress=progress, desc="evaluate")
-    finally:
-        runner.close()
-    seconds = time.perf_counter() - t0
-    returns = np.array([r.episode_return for r in results], dtype=np.float64)
-    steps = int(sum(r.steps for r in results))
-    return {
-        "mean": float(returns.mean()),
-        "std": float(returns.std()),
-        "min": float(returns.min()),
-        "max": float(returns.max()),
-        "returns": [float(r) for r in returns],
-        "seeds": seeds,
-        "episodes": episodes,
-        "steps": steps,
-        "env_steps_per_s": steps / max(seconds, 1e-9),
-        "seconds": seconds,
-        "max_steps": max_steps,
-        "checkpoint": ckpt["path"],
-        "generation": int(ckpt["step"]),
-        "env": ENV_NOTE,
-        "workers": runner.num_workers,
-    }
 
 
 def _fault_hook() -> Callable[[int], None] | None:

@@ -1,17 +1,18 @@
-"""Data: exploration policies, rollout collection to HDF5, and datasets that read it."""
+"""Data: exploration policies, the rollout and latent stores (HDF5), and datasets that read
+them (collection itself is :mod:`worldmodels.stages.collect`)."""
 
 from typing import Any
 
-from worldmodels.data.rollouts import DATASET_NAME, FORMAT, FORMAT_VERSION, collect, open_rollouts
+from worldmodels.data.rollouts import DATASET_NAME, FORMAT, FORMAT_VERSION, open_rollouts
 
 # The datasets need torch; importing them lazily keeps collection workers (which import
 # this package) free of torch's import time and memory.
 _DATASET_NAMES = (
-    "FrameDataset", "RolloutDataset", "SequenceDataset", "fits_in_memory", "load_frames",
+    "FrameDataset", "RolloutDataset", "fits_in_memory", "load_frames",
     "split_episodes",
 )
 
-__all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "collect", "open_rollouts", *_DATASET_NAMES]
+__all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "open_rollouts", *_DATASET_NAMES]
 
 
 def __getattr__(name: str) -> Any:

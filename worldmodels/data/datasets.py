@@ -9,8 +9,6 @@ sequences of the same episodes. This module gives both views of one
 * :class:`FrameDataset`: every frame of the chosen episodes, one ``(3, 64, 64)`` uint8
   tensor per item, plus :meth:`FrameDataset.sample_batches`, a chunk-aligned shuffled
   batch iterator for V;
-* :class:`SequenceDataset`: windows of ``seq_len`` consecutive steps inside one episode
-  for M;
 * :func:`load_frames` / :func:`fits_in_memory`: the whole frame set as one tensor (on the
   GPU when it fits: the fastest way to feed V, no reading at all during training).
 
@@ -33,8 +31,8 @@ Design choices.
   every decompressed frame. Measured (``scripts/benchmark.py data``, 4 episodes x 300
   steps, gzip-6, 10-frame chunks, file in the page cache, one core of a 2-core CPU
   machine): random single frames ~2,100 frames/s, chunk-aligned shuffled batches
-  ~22,000 frames/s (10x faster), ``SequenceDataset`` windows of 32 steps ~20,000
-  frames/s, ``load_frames`` ~480 MB/s.
+  ~22,000 frames/s (10x faster), ``load_frames`` ~480 MB/s. (M trains on latents,
+  :class:`~worldmodels.data.latents.LatentSequences`, not on frames.)
 """
 
 from __future__ import annotations
@@ -413,75 +411,6 @@ class FrameDataset(Dataset):
             if filled and not drop_last:
                 yield _to_chw(buffer[:filled].copy(), channels_last)
 
-
-class SequenceDataset(Dataset):
-    """Windows of ``seq_len`` consecutive steps inside one episode, for M (the MDN-RNN).
-
-    Item ``i`` -> dict of tensors: ``frames`` (L, 3, 64, 64) uint8, ``actions`` (L, 3)
-    float32, ``rewards`` (L,) float32, ``dones`` (L,) float32 (1.0 where the episode
-    terminated by that step; truncation by the time limit is not a done), with L =
-    ``seq_len``. A window never crosses an episode boundary.
-
-    :param path: a run directory, its ``rollouts.h5``, or an open :class:`RolloutDataset`.
-    :param seq_len: steps per window L.
-    :param episodes: episode indices to use; default all. Episodes shorter than
-        ``seq_len`` are skipped.
-    :param stride: steps between consecutive window starts in an episode; default
-        ``seq_len`` (non-overlapping windows; the tail of an episode shorter than
-        ``seq_len`` is left out).
-    :raises DataError: no chosen episode has ``seq_len`` steps.
-
-    ``windows`` is the (num_windows, 2) int64 array of ``(k, start)``. Subclasses that
-    read other per-step fields (latents instead of frames) override :meth:`read_window`.
-    """
-
-    def __init__(self, path: Source, seq_len: int, episodes: Sequence[int] | None = None,
-                 stride: int | None = None) -> None:
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        stride = seq_len if stride is None else stride
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        self.rollouts = _as_rollouts(path)
-        self.seq_len = seq_len
-        self.stride = stride
-        self.episodes = _episode_indices(self.rollouts, episodes)
-        lengths = self.rollouts.lengths[self.episodes]
-        rows = []
-        for k, length in zip(self.episodes, lengths, strict=True):
-            starts = np.arange(0, int(length) - seq_len + 1, stride, dtype=np.int64)
-            rows.append(np.stack([np.full_like(starts, k), starts], axis=1))
-        self.windows = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
-        if len(self.windows) == 0:
-            longest = int(lengths.max()) if len(lengths) else 0
-            raise DataError(
-                f"no episode of {self.rollouts.path} is long enough for seq_len={seq_len}: "
-                f"the longest of the {len(lengths)} chosen episodes has {longest} steps; "
-                "use a shorter seq_len or collect longer episodes (collect.max_steps)"
-            )
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def read_window(self, k: int, start: int, stop: int) -> dict[str, torch.Tensor]:
-        """Steps ``start:stop`` of episode ``k`` as the tensors of one item."""
-        r = self.rollouts
-        return {
-            "frames": _to_chw(r.read(k, "frames", start, stop)),
-            "actions": torch.from_numpy(r.read(k, "actions", start, stop).astype(np.float32, copy=False)),
-            "rewards": torch.from_numpy(r.read(k, "rewards", start, stop).astype(np.float32, copy=False)),
-            "dones": torch.from_numpy(r.read(k, "terminated", start, stop).astype(np.float32)),
-        }
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        n = len(self)
-        i = operator.index(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sequence {i} out of range for {n} sequences")
-        k, start = (int(v) for v in self.windows[i])
-        return self.read_window(k, start, start + self.seq_len)
 
 
 # ------------------------------------------------------------------ whole set in memory

@@ -2,7 +2,8 @@
 
 Importing this package registers ``worldmodels/FastCarRacing-v3`` with gymnasium (same
 time limit and reward threshold as ``CarRacing-v3``) and ``worldmodels/Dream-v0``
-(:class:`~worldmodels.envs.dream.DreamEnv`). Gymnasium 1.x loads no plugins, so a program
+(:class:`~worldmodels.envs.dream.DreamEnv`, built from a run by
+:func:`worldmodels.run.make_dream_env`). Gymnasium 1.x loads no plugins, so a program
 that has imported only ``gymnasium`` names this module in the id, and gymnasium imports it
 first::
 
@@ -11,7 +12,7 @@ first::
     gymnasium.make("worldmodels.envs:worldmodels/FastCarRacing-v3")
 
 (after ``import worldmodels.envs`` the bare ids work too). The dream needs torch: it is imported on
-first use (``worldmodels.envs.DreamEnv``, ``BatchedDream``, ``dream_rollout_returns``), so
+first use (``worldmodels.envs.DreamEnv``, ``BatchedDream``), so
 that importing this package, as collection workers do, does not import torch.
 """
 
@@ -34,9 +35,9 @@ if FAST_ENV_ID not in registry:
 if DREAM_ENV_ID not in registry:
     # No TimeLimit wrapper: the dream truncates itself (max_steps, default 1000), as the
     # batched dream must.
-    register(id=DREAM_ENV_ID, entry_point="worldmodels.envs.dream:DreamEnv")
+    register(id=DREAM_ENV_ID, entry_point="worldmodels.run:make_dream_env")
 
-_LAZY = {"DreamEnv", "BatchedDream", "dream_rollout_returns"}
+_LAZY = {"DreamEnv", "BatchedDream"}
 
 
 def __getattr__(name: str):  # PEP 562: the dream (and torch) only when asked for
@@ -55,7 +56,6 @@ __all__ = [
     "BatchedDream",
     "DreamEnv",
     "FastCarRacing",
-    "dream_rollout_returns",
     "preprocess_frame",
     "preprocess_frames",
 ]

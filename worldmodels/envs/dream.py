@@ -1,5 +1,6 @@
 """The dream: CarRacing as M imagines it, one episode (:class:`DreamEnv`) or thousands at once
-(:class:`BatchedDream`, :func:`dream_rollout_returns`).
+(:class:`BatchedDream`); the CMA-ES fitness in it is
+:func:`worldmodels.control.dream_fitness.dream_rollout_returns`.
 
 Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 4 ("Learning Inside of a
 Dream", and the car-racing dreams of section 3): M is used *as* the environment. The agent sees
@@ -33,7 +34,8 @@ on its seed, whatever else shares its batch: :class:`DreamEnv` ``reset(seed=s)``
 or CUDA. What can still differ between batch sizes is the last bit of the matrix products
 (BLAS picks kernels by shape): trajectories agree to float rounding, and exactly as long as
 no rounding difference flips a mixture component; ``tests/test_dream.py`` checks both. The
-same keys give :func:`dream_rollout_returns` *common random numbers*: trial ``j`` of every
+same keys give the dream fitness (:mod:`worldmodels.control.dream_fitness`) *common random
+numbers*: trial ``j`` of every
 candidate starts from the same ``z_0`` and draws the same noise.
 
 **Cost.** One dream step of ``B`` episodes is two matrix products (the LSTM gates,
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -61,19 +62,13 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from worldmodels.control.controller import ACTION_DIM, Controller, map_action
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.memory.mdnrnn import MDNRNN, MDNOutput
-from worldmodels.utils.torch import derive_seed, resolve_device
+from worldmodels.memory.mdnrnn import MDNRNN
+from worldmodels.utils.torch import resolve_device
 
 __all__ = [
     "DreamEnv",
     "BatchedDream",
-    "BatchedControllers",
-    "dream_rollout_returns",
-    "dream_trial_seeds",
-    "start_states",
-    "mixture_from_hidden",
     "decode_frames",
     "keyed_uniform",
     "DONE_MODES",
@@ -85,6 +80,7 @@ DONE_MODES = ("threshold", "sample")
 #: arithmetic of the two matrix products, LSTM gates and heads (``auto``: bf16 on CUDA, fp32 elsewhere)
 PRECISIONS = ("auto", "fp32", "bf16")
 #: the action box of CarRacing-v3: steer [-1, 1], gas [0, 1], brake [0, 1]
+ACTION_DIM = 3
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 
@@ -149,21 +145,6 @@ def _slot_codes(n: int, device: torch.device) -> torch.Tensor:
 # ------------------------------------------------------------------------ M's pieces
 
 
-def mixture_from_hidden(mdnrnn: MDNRNN, h: torch.Tensor) -> MDNOutput:
-    """M's heads read from a hidden state: h (B, H) -> :class:`MDNOutput` for ``z_{t+1}``
-    (logpi, mu, logsigma (B, D, K), reward and done_logit (B,); ``state`` is ``(h, h)``, a
-    placeholder). The same fp32 computation as :meth:`MDNRNN.forward` after the LSTM."""
-    w = mdnrnn.mdn.weight
-    with torch.autocast(device_type=h.device.type, enabled=False):
-        hf = h.to(torch.float32)
-        params = nn.functional.linear(hf, w.float(), mdnrnn.mdn.bias.float())
-        logits, mu, logsigma = params.unflatten(
-            -1, (3, mdnrnn.latent_dim, mdnrnn.num_gaussians)).unbind(dim=-3)
-        heads = [None if head is None else
-                 nn.functional.linear(hf, head.weight.float(), head.bias.float())[..., 0]
-                 for head in (mdnrnn.reward_head, mdnrnn.done_head)]
-    return MDNOutput(torch.log_softmax(logits, dim=-1), mu, logsigma, heads[0], heads[1], (h, h))
-
 
 @torch.no_grad()
 def decode_frames(vae: nn.Module, z: torch.Tensor) -> np.ndarray:
@@ -176,80 +157,6 @@ def decode_frames(vae: nn.Module, z: torch.Tensor) -> np.ndarray:
 
 # ------------------------------------------------------------------------ start states
 
-
-def _first_frames_from_latents(run_dir: Path, vae_model: str, latent_dim: int,
-                               m_vae: dict[str, Any], max_episodes: int
-                               ) -> tuple[np.ndarray, np.ndarray] | str:
-    """(mu, logvar) (N, D) of frame 0 of up to ``max_episodes`` episodes, or the reason
-    why the latents file cannot be used."""
-    from worldmodels.data.latents import LatentDataset, latents_path
-
-    path = latents_path(run_dir, vae_model)
-    if not path.exists():
-        return f"no {path.name}"
-    with LatentDataset(path) as data:
-        if data.kind != "gaussian" or data.latent_dim != latent_dim:
-            return f"{path.name} holds {data.kind} latents of size {data.latent_dim}"
-        sha = m_vae.get("sha256")
-        if sha is not None and data.vae.get("sha256") not in (None, sha):
-            return f"{path.name} was encoded by another V than the one M was trained on"
-        if len(data) == 0:
-            return f"{path.name} has no episode"
-        chosen = np.unique(np.linspace(0, len(data) - 1, min(len(data), max_episodes))
-                           .round().astype(np.int64))
-        mu = np.stack([data.read(int(k), "mu", 0, 1)[0] for k in chosen])
-        logvar = np.stack([data.read(int(k), "logvar", 0, 1)[0] for k in chosen])
-    return mu.astype(np.float32), logvar.astype(np.float32)
-
-
-@torch.no_grad()
-def _first_frames_from_env(vae: nn.Module, tracks: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, logvar) (tracks, D): V applied to the reset frames of real tracks 0..tracks-1."""
-    from worldmodels.control.agent import frames_to_tensor
-    from worldmodels.envs.car_racing import FastCarRacing
-    from worldmodels.envs.preprocess import preprocess_frame
-
-    env = FastCarRacing()
-    try:
-        frames = np.stack([preprocess_frame(env.reset(seed=k)[0]) for k in range(tracks)])
-    finally:
-        env.close()
-    p = vae.fc_mu.weight
-    mu, logvar = vae.encode(frames_to_tensor(frames, p.device).to(p.dtype))
-    return mu.float().cpu().numpy(), logvar.float().cpu().numpy()
-
-
-def start_states(run_dir: str | Path, vae: nn.Module, vae_model: str = "vae",
-                 m_vae: dict[str, Any] | None = None, start: str = "auto",
-                 start_episodes: int = 1000, start_tracks: int = 8
-                 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The real first frames the dream starts from, as V's posteriors.
-
-    :param vae: V (for the ``env`` source; its ``latent_dim`` is checked against the file).
-    :param vae_model: which V's latents file (``latents_<vae_model>.h5``).
-    :param m_vae: the V identity M's checkpoint records (``mdnrnn_info(run)["vae"]``); a
-        latents file of another V is not used.
-    :param start: ``auto`` (the latents file when usable, else real tracks), ``latents``
-        (the file, or a :class:`DataError`), ``env`` (real tracks).
-    :param start_episodes: at most this many episodes of the file (evenly spaced).
-    :param start_tracks: real tracks ``0 .. start_tracks-1`` for the ``env`` source.
-    :return: ``(mu, logvar, source)``: (N, D) float32 each, and a description.
-    """
-    if start not in ("auto", "latents", "env"):
-        raise ConfigError(f"start must be 'auto', 'latents' or 'env', got {start!r}")
-    if start != "env":
-        got = _first_frames_from_latents(Path(run_dir), vae_model, vae.latent_dim,
-                                         m_vae or {}, max(1, int(start_episodes)))
-        if not isinstance(got, str):
-            return got[0], got[1], f"latents_{vae_model}.h5 ({len(got[0])} first frames)"
-        if start == "latents":
-            raise DataError(f"cannot start the dream from the latents of {run_dir}: {got}; "
-                            f"run scripts/encode.py --run {run_dir} --model {vae_model}, or "
-                            "use start='env'")
-    if start_tracks < 1:
-        raise ConfigError(f"start_tracks must be >= 1, got {start_tracks}")
-    mu, logvar = _first_frames_from_env(vae, int(start_tracks))
-    return mu, logvar, f"V on the first frames of CarRacing tracks 0..{start_tracks - 1}"
 
 
 # ------------------------------------------------------------------------ the batched dream
@@ -266,7 +173,8 @@ class BatchedDream:
 
     ::
 
-        dream = BatchedDream("runs/demo", batch_size=1024, temperature=1.0, device="auto")
+        dream = BatchedDream(mdnrnn, start_mu, start_logvar, batch_size=1024)
+        # or, from a run directory: worldmodels.run.load_dream("runs/demo", batch_size=1024)
         obs = dream.reset(seed=0)                      # (B, D+H): [z_0, h_0], rows = seeds 0..B-1
         obs, reward, done = dream.step(actions)       # actions (B, 3) -> (B, D+H), (B,), (B,)
 
@@ -276,61 +184,34 @@ class BatchedDream:
     (terminated by M's done head or truncated at ``max_steps``) is frozen: its observation
     stays the last one, its reward is 0 and ``done`` stays true until the next reset.
 
-    :param run_dir: a run directory with V and M (``load_world_model``).
+    :param mdnrnn: M (an :class:`~worldmodels.memory.MDNRNN`).
+    :param start_mu, start_logvar: (N, D) posteriors of real first frames; each episode
+        starts from one of them, ``z_0 ~ N(mu, sigma^2)`` (``worldmodels.run.start_states``
+        reads them from a run).
+    :param vae: V, only needed for :meth:`decode`.
     :param batch_size: ``B``, rows of :meth:`reset` ``(seed=...)``.
-    :param temperature: ``tau >= 0``; ``None`` takes the ``temperature`` M's training
-        recorded (``mdnrnn_info``), else 1.0.
+    :param temperature: ``tau >= 0``.
     :param device: ``auto``, ``cpu``, ``cuda``...
     :param max_steps: steps before an episode is truncated.
     :param done: ``threshold`` (``sigmoid(logit) > 0.5``, deterministic given the state) or
         ``sample`` (a Bernoulli draw of M's done probability, keyed like all the noise).
     :param precision: the two matrix products (LSTM gates, heads) in ``fp32`` or ``bf16``;
         ``auto``: bf16 on CUDA (as M trains there), fp32 on CPU.
-    :param start: where ``z_0`` comes from (:func:`start_states`).
-    :param vae_model: which V (``auto``: the one M was trained on).
+    :param source: a description of the start states (reports).
 
     M's weights are copied (fused) when the dream is built: later changes to ``mdnrnn`` do
     not reach it.
     """
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 1,
-                 temperature: float | None = None, device: str | torch.device = "auto", *,
-                 max_steps: int = 1000, done: str = "threshold", precision: str = "auto",
-                 start: str = "auto", vae_model: str = "auto", start_episodes: int = 1000,
-                 start_tracks: int = 8) -> None:
-        from worldmodels.control.agent import load_world_model
-        from worldmodels.train.mdnrnn import mdnrnn_info
-
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise DataError(f"no run directory {run_dir}: pass a run with a trained V and M")
-        device = resolve_device(device)
-        vae, mdnrnn, vae_model = load_world_model(run_dir, vae_model, device)
-        info = mdnrnn_info(run_dir)
-        if temperature is None:
-            temperature = float(info.get("temperature") or 1.0)
-        mu, logvar, source = start_states(run_dir, vae, vae_model, info.get("vae"), start,
-                                          start_episodes, start_tracks)
-        self.run_dir: Path | None = run_dir
-        self.vae_model: str | None = vae_model
-        self._setup(mdnrnn, vae, mu, logvar, source, batch_size, temperature, device,
-                    max_steps, done, precision)
-
-    @classmethod
-    def from_models(cls, mdnrnn: MDNRNN, start_mu: np.ndarray | torch.Tensor,
-                    start_logvar: np.ndarray | torch.Tensor, *, vae: nn.Module | None = None,
-                    batch_size: int = 1, temperature: float = 1.0,
-                    device: str | torch.device = "auto", max_steps: int = 1000,
-                    done: str = "threshold", precision: str = "auto",
-                    source: str = "given") -> BatchedDream:
-        """A dream of an M in memory (benchmarks, tests): start states ``(N, D)`` given;
-        ``vae`` only needed for :meth:`decode`."""
-        self = cls.__new__(cls)
-        self.run_dir = self.vae_model = None
+    def __init__(self, mdnrnn: MDNRNN, start_mu: np.ndarray | torch.Tensor,
+                 start_logvar: np.ndarray | torch.Tensor, *, vae: nn.Module | None = None,
+                 batch_size: int = 1, temperature: float = 1.0,
+                 device: str | torch.device = "auto", max_steps: int = 1000,
+                 done: str = "threshold", precision: str = "auto",
+                 source: str = "given") -> None:
         self._setup(mdnrnn, vae, np.asarray(start_mu), np.asarray(start_logvar), source,
                     batch_size, temperature, resolve_device(device), max_steps, done,
                     precision)
-        return self
 
     @torch.no_grad()
     def _setup(self, mdnrnn: MDNRNN, vae: nn.Module | None, mu: np.ndarray,
@@ -563,8 +444,11 @@ class BatchedDream:
 class DreamEnv(gym.Env):
     """CarRacing inside M's dream as a :class:`gymnasium.Env` (paper, sec. 4).
 
-    ``gymnasium.make("worldmodels/Dream-v0", run=DIR, temperature=1.0, render_mode=...)`` after
-    ``import worldmodels.envs``. One episode of a :class:`BatchedDream` of batch size 1:
+    ``gymnasium.make("worldmodels.envs:worldmodels/Dream-v0", run=DIR, temperature=1.0,
+    render_mode=...)`` builds one from a run's V and M (:func:`worldmodels.run.make_dream_env`;
+    the ``worldmodels.envs:`` prefix makes gymnasium import the module that registers the id;
+    after ``import worldmodels.envs`` the bare id works too); ``DreamEnv(dream)`` wraps a
+    :class:`BatchedDream` built from modules. One episode at a time:
 
     * observation: ``[z_t, h_t]`` (D+H,) float32 (``observation="zh"``, the controller's
       input; ``h`` in [-1, 1]) or ``z_t`` (D,) (``observation="z"``);
@@ -577,18 +461,16 @@ class DreamEnv(gym.Env):
       uint8, or (64 s, 64 s, 3) with ``render_scale=s``; ``"human"``: a pygame window
       (6x, with the step and the return).
 
-    :param run: run directory with V and M.
-    :param temperature: ``tau`` (``None``: the one M's training recorded, else 1.0).
-    :param device: where M runs (``cpu`` by default: one episode is tiny).
+    :param dream: the dream to step (its temperature, limit, done rule and precision); its
+        V decodes the frames of ``render()``.
+    :param observation: ``zh`` or ``z``.
+    :param render_scale: integer upscaling of ``rgb_array`` frames.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 50}
 
-    def __init__(self, run: str | Path, temperature: float | None = None,
-                 render_mode: str | None = None, *, device: str | torch.device = "cpu",
-                 max_steps: int = 1000, done: str = "threshold", observation: str = "zh",
-                 start: str = "auto", vae_model: str = "auto", precision: str = "auto",
-                 render_scale: int = 1) -> None:
+    def __init__(self, dream: BatchedDream, render_mode: str | None = None, *,
+                 observation: str = "zh", render_scale: int = 1) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of "
@@ -596,8 +478,10 @@ class DreamEnv(gym.Env):
                               f"{render_mode!r}")
         if observation not in ("zh", "z"):
             raise ConfigError(f"observation must be 'zh' or 'z', got {observation!r}")
-        self.dream = BatchedDream(run, 1, temperature, device, max_steps=max_steps, done=done,
-                                  precision=precision, start=start, vae_model=vae_model)
+        if not isinstance(dream, BatchedDream):
+            raise ConfigError(f"DreamEnv needs a BatchedDream, got {type(dream).__name__}: "
+                              "build one from a run with worldmodels.run.make_dream_env(run)")
+        self.dream = dream
         self.render_mode = render_mode
         self.render_scale = max(1, int(render_scale))
         self.observation_mode = observation
@@ -669,113 +553,4 @@ class DreamEnv(gym.Env):
 # ------------------------------------------------------------------------ CMA-ES in the dream
 
 
-class BatchedControllers:
-    """``P`` controllers of one architecture evaluated together: flat vectors (P, n) in
-    :meth:`Controller.get_flat`'s layout -> per-layer weights (P, out, in) and biases (P, out).
 
-    ``forward(obs)`` with obs (P, T, D+H) gives actions (P, T, 3): the same function as
-    ``Controller.forward`` for each candidate, as one batched product per layer.
-    """
-
-    def __init__(self, flat: np.ndarray | torch.Tensor, latent_dim: int, hidden_dim: int,
-                 device: torch.device, **controller_kwargs: Any) -> None:
-        template = Controller(latent_dim=latent_dim, hidden_dim=hidden_dim, **controller_kwargs)
-        flat = torch.as_tensor(np.asarray(flat, dtype=np.float64) if not torch.is_tensor(flat)
-                               else flat).to(device=device, dtype=torch.float32)
-        if flat.dim() == 1:
-            flat = flat[None]
-        n = template.num_parameters
-        if flat.dim() != 2 or flat.shape[1] != n:
-            raise ValueError(f"expected controller parameters (P, {n}) for "
-                             f"Controller({template._describe()}), got {tuple(flat.shape)}")
-        if not torch.isfinite(flat).all():
-            raise ValueError("a controller's parameter vector contains NaN or inf")
-        self.num_candidates = flat.shape[0]
-        self.latent_dim = latent_dim
-        self.use_hidden_state = template.use_hidden_state
-        tensors, offset = [], 0
-        for p in template.parameters():
-            tensors.append(flat[:, offset:offset + p.numel()].reshape(-1, *p.shape))
-            offset += p.numel()
-        # (weight, bias) per linear layer, weights transposed for x @ W^T: (P, in, out)
-        self.layers = [(tensors[i].transpose(1, 2).contiguous(), tensors[i + 1][:, None, :])
-                       for i in range(0, len(tensors), 2)]
-
-    @classmethod
-    def from_controllers(cls, controllers: Sequence[Controller],
-                         device: torch.device) -> BatchedControllers:
-        first = controllers[0]
-        if any(c.hparams != first.hparams for c in controllers):
-            raise ValueError("all controllers must have the same architecture (hparams)")
-        flat = np.stack([c.get_flat() for c in controllers])
-        kwargs = {k: v for k, v in first.hparams.items() if k not in ("latent_dim", "hidden_dim")}
-        return cls(flat, first.latent_dim, first.hidden_dim, device, **kwargs)
-
-    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs (P, T, D+H) ``[z, h]`` -> actions (P, T, 3) in the CarRacing box."""
-        x = obs if self.use_hidden_state else obs[..., :self.latent_dim]
-        for j, (w, b) in enumerate(self.layers):
-            x = torch.baddbmm(b, x, w)
-            if j < len(self.layers) - 1:
-                x = torch.tanh(x)
-        return map_action(x)
-
-
-def dream_trial_seeds(seed: int, trials: int) -> list[int]:
-    """The episode seeds of :func:`dream_rollout_returns`' trials ``0 .. trials-1``:
-    ``derive_seed(seed, "dream", j)`` (``DreamEnv.reset(seed=...)`` replays one)."""
-    return [derive_seed(seed, "dream", j) for j in range(trials)]
-
-
-@torch.no_grad()
-def dream_rollout_returns(controllers: np.ndarray | torch.Tensor | Sequence[Controller],
-                          trials: int, seed: int, max_steps: int = 1000, *,
-                          dream: BatchedDream | str | Path,
-                          controller_kwargs: dict[str, Any] | None = None,
-                          temperature: float | None = None,
-                          device: str | torch.device = "auto") -> np.ndarray:
-    """Returns of ``P`` candidates x ``trials`` dream episodes, all stepped in lockstep.
-
-    The CMA-ES fitness of the paper's section 4 ("training inside the dream"): candidate
-    ``c``'s trial ``j`` is row ``c T + j`` of one :class:`BatchedDream` batch of ``P T``
-    episodes; every candidate's trial ``j`` is the episode of seed
-    ``dream_trial_seeds(seed, trials)[j]`` (the same start and noise for all: common random
-    numbers, so candidates are ranked on equal terms). The loop stops when every episode is
-    done, at the latest after ``max_steps`` steps. Deterministic for a seed (on one device
-    and thread count: BLAS may sum in another order elsewhere).
-
-    :param controllers: flat parameter vectors (P, n) (``Controller.get_flat`` layout, with
-        ``controller_kwargs`` such as ``hidden_layer``, ``use_hidden_state``) or a list of
-        ``P`` :class:`Controller` (one architecture).
-    :param trials: ``T`` episodes per candidate.
-    :param seed: picks the trials' episodes.
-    :param max_steps: steps per episode at most (overrides the dream's own limit).
-    :param dream: a :class:`BatchedDream` (reused: its batch is reset here), or a run
-        directory to build one from (with ``temperature`` and ``device``).
-    :return: returns (P, T) float64 numpy (sum of M's predicted rewards).
-    """
-    if trials < 1 or max_steps < 1:
-        raise ConfigError(f"trials and max_steps must be >= 1, got {trials} and {max_steps}")
-    if not isinstance(dream, BatchedDream):
-        dream = BatchedDream(dream, 1, temperature, device, max_steps=max_steps)
-    elif temperature is not None and float(temperature) != dream.temperature:
-        raise ConfigError(f"temperature {temperature} differs from the dream's "
-                          f"{dream.temperature}: build the BatchedDream with it")
-    if isinstance(controllers, (list, tuple)):
-        batch = BatchedControllers.from_controllers(controllers, dream.device)
-    else:
-        batch = BatchedControllers(controllers, dream.latent_dim, dream.hidden_dim, dream.device,
-                                   **(controller_kwargs or {}))
-    P, T = batch.num_candidates, int(trials)
-    limit = dream.max_steps
-    dream.max_steps = int(max_steps)
-    try:
-        obs = dream.reset(seeds=dream_trial_seeds(seed, T) * P)  # row c*T + j: trial j
-        for _ in range(int(max_steps)):
-            actions = batch(obs.view(P, T, -1)).reshape(P * T, ACTION_DIM)
-            obs, _, done = dream.step(actions)
-            if bool(done.all()):
-                break
-        return dream.returns.view(P, T).cpu().numpy().astype(np.float64)
-    finally:
-        dream.max_steps = limit

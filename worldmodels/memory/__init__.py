@@ -5,19 +5,20 @@
   1994; the MDN-RNN of Graves, *Generating Sequences With Recurrent Neural Networks*, 2013,
   arXiv:1308.0850): one K-component Gaussian mixture per latent dimension for ``z_{t+1}``, plus
   reward and done heads; temperature sampling for the dream; :meth:`MDNRNN.step` for inference.
-* :class:`DiscreteMDNRNN`, :func:`sample_next_codes`: the same
+* :class:`CodeRNN`, :func:`sample_next_codes`: the same
   memory for a VQ-VAE latent (van den Oord et al. 2017, arXiv:1711.00937), a categorical over
   the codebook per grid cell.
 
 Heads, mixture NLLs and sampling run in fp32 under autocast; M's training objective is
-:func:`worldmodels.train.mdnrnn.sequence_losses`.
+:func:`worldmodels.stages.train_mdnrnn.sequence_losses`.
 """
 
 from worldmodels.memory.mdnrnn import (
     MDNRNN,
-    DiscreteMDNOutput,
-    DiscreteMDNRNN,
+    CodeRNN,
+    CodeRNNOutput,
     MDNOutput,
+    build_mdnrnn,
     gmm_nll,
     mixture_nll,
     sample_next,
@@ -30,7 +31,8 @@ __all__ = [
     "gmm_nll",
     "mixture_nll",
     "sample_next",
-    "DiscreteMDNRNN",
-    "DiscreteMDNOutput",
+    "CodeRNN",
+    "CodeRNNOutput",
     "sample_next_codes",
+    "build_mdnrnn",
 ]

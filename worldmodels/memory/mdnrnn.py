@@ -13,10 +13,10 @@ so the head outputs ``3 * D * K`` numbers per step (mixture logits, means, log-s
 scalar heads predict the reward (regression) and the end of the episode (a logit). The
 mixture term of M's loss is :func:`gmm_nll` (from normalised weights) or, straight from the
 head's raw output, :func:`mixture_nll`; the training objective that adds the reward and done
-terms is :func:`worldmodels.train.mdnrnn.sequence_losses`. In the dream, :func:`sample_next` draws ``z_{t+1}`` with the paper's
+terms is :func:`worldmodels.stages.train_mdnrnn.sequence_losses`. In the dream, :func:`sample_next` draws ``z_{t+1}`` with the paper's
 temperature ``tau``: mixture logits divided by ``tau``, ``sigma`` scaled by ``sqrt(tau)``.
 
-:class:`DiscreteMDNRNN` is the same memory for a VQ-VAE's discrete latent (van den Oord et al.
+:class:`CodeRNN` is the same memory for a VQ-VAE's discrete latent (van den Oord et al.
 2017, arXiv:1711.00937): the next code of each grid cell is a categorical over the codebook.
 
 Shapes: ``B`` batch, ``T`` time, ``D = latent_dim``, ``A = action_dim``, ``H = hidden_dim``,
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.errors import DataError
 from worldmodels.utils.torch import draw_noise
 
 __all__ = [
@@ -43,9 +44,11 @@ __all__ = [
     "gmm_nll",
     "mixture_nll",
     "sample_next",
-    "DiscreteMDNOutput",
-    "DiscreteMDNRNN",
+    "CodeRNNOutput",
+    "CodeRNN",
     "sample_next_codes",
+    "build_mdnrnn",
+    "mdnrnn_model_config",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -165,7 +168,7 @@ class MDNOutput(NamedTuple):
 
 
 class _RecurrentMemory(nn.Module):
-    """LSTM core and reward/done heads shared by :class:`MDNRNN` and :class:`DiscreteMDNRNN`."""
+    """LSTM core and reward/done heads shared by :class:`MDNRNN` and :class:`CodeRNN`."""
 
     def __init__(
         self, input_dim: int, action_dim: int, hidden_dim: int, reward_head: bool, done_head: bool
@@ -295,6 +298,15 @@ class MDNRNN(_RecurrentMemory):
         logits, mu, logsigma = params.unbind(dim=-3)
         return MDNOutput(F.log_softmax(logits, dim=-1), mu, logsigma, reward, done_logit, state)
 
+    def predict(self, h: torch.Tensor) -> MDNOutput:
+        """M's heads on hidden states ``h`` (..., H): the prediction for ``z_{t+1}`` (and the
+        reward and done logit) that :meth:`forward` makes after its LSTM, from M's own fused
+        heads; ``state`` is None. The dream and ``watch.py`` read M's prediction this way."""
+        params, reward, done_logit = self._heads(self.mdn, h)
+        logits, mu, logsigma = params.unflatten(
+            -1, (3, self.latent_dim, self.num_gaussians)).unbind(dim=-3)
+        return MDNOutput(F.log_softmax(logits, dim=-1), mu, logsigma, reward, done_logit, None)
+
     def step(
         self, z: torch.Tensor, a: torch.Tensor, state: State | None = None
     ) -> tuple[MDNOutput, State]:
@@ -344,8 +356,8 @@ def sample_next(
 # --------------------------------------------------------------------------------------------
 
 
-class DiscreteMDNOutput(NamedTuple):
-    """What :class:`DiscreteMDNRNN` returns; ``S`` is ``(B, T)`` or ``(B,)`` (``step``).
+class CodeRNNOutput(NamedTuple):
+    """What :class:`CodeRNN` returns; ``S`` is ``(B, T)`` or ``(B,)`` (``step``).
 
     :ivar logits: (*S, cells, K) unnormalised log-probabilities of each cell's next code, fp32.
     :ivar reward: (*S,) predicted reward, fp32, or ``None``.
@@ -359,7 +371,7 @@ class DiscreteMDNOutput(NamedTuple):
     state: State
 
 
-class DiscreteMDNRNN(_RecurrentMemory):
+class CodeRNN(_RecurrentMemory):
     """M for a VQ-VAE latent: next-code prediction, one categorical per grid cell.
 
     Codes ``c_t`` (cells,) in ``[0, K)`` are embedded (``E = code_embed_dim`` per cell) and
@@ -427,7 +439,7 @@ class DiscreteMDNRNN(_RecurrentMemory):
 
     def forward(
         self, codes: torch.Tensor, a: torch.Tensor, state: State | None = None
-    ) -> DiscreteMDNOutput:
+    ) -> CodeRNNOutput:
         """codes (B, T, cells) or (B, T, h, w) int, a (B, T, A) -> logits (B, T, cells, K), ...
 
         Output ``t`` predicts the codes of frame ``t + 1``.
@@ -438,25 +450,25 @@ class DiscreteMDNRNN(_RecurrentMemory):
         hs, state = self._recur(torch.cat([x, a.to(x.dtype)], dim=-1), state)
         logits, reward, done_logit = self._heads(self.head, hs)
         logits = logits.unflatten(-1, (self.grid_cells, self.codebook_size))
-        return DiscreteMDNOutput(logits, reward, done_logit, state)
+        return CodeRNNOutput(logits, reward, done_logit, state)
 
     def step(
         self, codes: torch.Tensor, a: torch.Tensor, state: State | None = None
-    ) -> tuple[DiscreteMDNOutput, State]:
+    ) -> tuple[CodeRNNOutput, State]:
         """One step: codes (B, cells) or (B, h, w), a (B, A) -> (output (B, ...), new state)."""
         codes = self._flat_codes(codes, lead=1)
         self._check_actions(a, (codes.shape[0],))
         out = self.forward(codes.unsqueeze(1), a.unsqueeze(1), state)
-        out = DiscreteMDNOutput(*(None if t is None else t[:, 0] for t in out[:3]), out.state)
+        out = CodeRNNOutput(*(None if t is None else t[:, 0] for t in out[:3]), out.state)
         return out, out.state
 
 
 def sample_next_codes(
-    out_step: DiscreteMDNOutput, temperature: float = 1.0, generator: torch.Generator | None = None
+    out_step: CodeRNNOutput, temperature: float = 1.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Draw the next codes: ``c_i ~ softmax(logits_i / tau)`` per cell; ``tau = 0`` -> argmax.
 
-    :param out_step: output of :meth:`DiscreteMDNRNN.step` (logits (B, cells, K)); any leading
+    :param out_step: output of :meth:`CodeRNN.step` (logits (B, cells, K)); any leading
         shape works.
     :return: codes (B, cells) int64 (the logits' shape without K).
     """
@@ -464,3 +476,23 @@ def sample_next_codes(
     if temperature == 0:
         return out_step.logits.argmax(dim=-1)
     return _gumbel_argmax(_fp32(out_step.logits) / temperature, generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def mdnrnn_model_config(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild M: ``{"model": name, **model.hparams}``."""
+    name = "discrete_mdnrnn" if isinstance(model, CodeRNN) else "mdnrnn"
+    return {"model": name, **model.hparams}
+
+
+def build_mdnrnn(model_config: dict[str, Any]) -> nn.Module:
+    """Rebuild M from a checkpoint's ``model_config``: ``{"model": name, **kwargs}``."""
+    kwargs = dict(model_config)
+    name = kwargs.pop("model", None)
+    if name == "mdnrnn":
+        return MDNRNN(**kwargs)
+    if name == "discrete_mdnrnn":
+        return CodeRNN(**kwargs)
+    raise DataError(f"unknown M model {name!r} in a checkpoint's model_config")

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import hashlib
 import math
 import os
 import pickle
@@ -435,3 +436,14 @@ def describe_diff(diff: list[tuple[str, Any, Any]]) -> tuple[str, str]:
     """``("a=1, b='x'", "a=2, b='y'")``: the saved and the asked values of a diff."""
     return (", ".join(f"{k}={a!r}" for k, a, _ in diff),
             ", ".join(f"{k}={b!r}" for k, _, b in diff))
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every key, dtype, shape and raw byte, in key order (a
+    model's identity: saved again unchanged it keeps it, trained further it does not)."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

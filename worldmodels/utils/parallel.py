@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 __all__ = ["THREAD_ENV_VARS", "set_numpy_blas_threads", "single_threaded_children",
-           "usable_cores"]
+           "single_threaded_process", "usable_cores"]
 
 # Environment variables read by the BLAS / OpenMP runtimes when a process starts them.
 THREAD_ENV_VARS = (
@@ -27,6 +27,18 @@ def usable_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def single_threaded_process(override: bool = True) -> None:
+    """One BLAS/OpenMP thread for this process (and those it starts), set before NumPy or
+    torch load their runtimes: a process that coordinates workers, or runs episodes itself
+    as one worker would, must not spin extra threads against them. ``override=False`` keeps
+    values the user set."""
+    for var in THREAD_ENV_VARS:
+        if override:
+            os.environ[var] = "1"
+        else:
+            os.environ.setdefault(var, "1")
 
 
 @contextlib.contextmanager

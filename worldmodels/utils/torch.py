@@ -302,3 +302,41 @@ class FirstNonFinite:
         step = int(self.first)
         if step >= 0:
             check_finite(float("nan"), step)
+
+
+#: settings of ``precision`` for V's and M's training
+TRAINING_PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether V's or M's network trains under bf16 autocast (``precision`` of
+    :class:`~worldmodels.config.VAEConfig` / :class:`~worldmodels.config.MDNRNNConfig`).
+
+    ``auto``: on CUDA with bf16 (as :func:`worldmodels.utils.torch.autocast`), and on a CPU
+    with native bf16 (AVX512-BF16 / AMX), where ``scripts/benchmark.py vae|mdnrnn`` measured
+    it faster than fp32 (a 2-core AMX Xeon: V's step 1.6x, M's LSTM about 2x; but when
+    other processes oversubscribe the cores, oneDNN's bf16 kernels slow down more than
+    fp32's); elsewhere CPU bf16 is emulated and slower, so fp32. ``bf16`` / ``fp32`` force it (``bf16`` on a GPU without
+    bf16 runs fp32).
+    """
+    if precision not in TRAINING_PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or device.type not in ("cpu", "cuda"):
+        return False
+    if precision == "bf16" and device.type == "cpu":
+        return True
+    return auto_precision(device) == "bf16"
+
+
+def training_autocast(device: torch.device,
+                      precision: str = "auto") -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast where :func:`use_bf16` says so, else a no-op. Losses, KL and mixture
+    heads leave it and compute in fp32 themselves."""
+    if use_bf16(device, precision):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fused_adam(device: torch.device) -> bool:
+    """Adam's fused kernel (one pass per parameter) on CUDA and CPU, where torch has it."""
+    return device.type in ("cuda", "cpu")

@@ -15,7 +15,7 @@ One generation, reading top to bottom in :func:`train_controller`:
 2. tracks: T seeds drawn from ``(seed, generation)`` -- the *same* T tracks for every
    candidate (common random numbers: candidates are compared on equal terms, so the ranking
    is less noisy), *fresh* tracks each generation (no overfitting to a track set);
-3. evaluate the P x T episodes on the backend (:mod:`~worldmodels.control.backends`: local
+3. evaluate the P x T episodes on the backend (:mod:`~worldmodels.parallel.backends`: local
    worker processes stepping their environments in lockstep, or Ray); fitness = mean return;
 4. ``tell`` CMA-ES the fitnesses (it minimises ``-fitness``);
 5. every ``eval_every`` generations (and after the last) score the new mean ``m`` on a fixed
@@ -65,12 +65,12 @@ from worldmodels.config import (
     ControllerConfig,
     save_stage_config,
 )
-from worldmodels.control.agent import CONTROLLER_KIND, load_world_model, world_action_repeat
-from worldmodels.control.backends import make_backend
 from worldmodels.control.controller import Controller
 from worldmodels.control.es_state import strategy_from_state, strategy_state
-from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, make_bundle
+from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, worker_bundle
 from worldmodels.errors import ConfigError, DataError
+from worldmodels.parallel import make_backend
+from worldmodels.run import CONTROLLER_KIND, load_world_model, world_action_repeat
 from worldmodels.seeds import training_track
 from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
 from worldmodels.utils.logs import RunLogger
@@ -130,7 +130,7 @@ def initial_mean(init: str | Path, controller: Controller) -> np.ndarray:
     :raises ConfigError: a C of another shape (other latent size, hidden layer, or [z, h]
         against z only).
     """
-    from worldmodels.control.agent import load_controller
+    from worldmodels.run import load_controller
     from worldmodels.utils.checkpoint import load_checkpoint
 
     path = Path(init)
@@ -322,7 +322,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     if generation >= k.generations:
         return summary([], [], 0)  # finished earlier: nothing to do
 
-    bundle = make_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
+    bundle = worker_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
                          batch_invariant=k.batch_invariant, action_repeat=repeat,
                          precision=precision, z=k.z)
     heldout = heldout_seeds(k.seed, k.eval_episodes)
@@ -330,10 +330,11 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     if k.env == "dream":
         # The paper's section 4.4: the population is scored inside M's dream (one batch of
         # P x T episodes, built once); the held-out score below stays real.
-        from worldmodels.envs.dream import BatchedDream, dream_rollout_returns
+        from worldmodels.control.dream_fitness import dream_rollout_returns
+        from worldmodels.run import load_dream
 
-        dream = BatchedDream(run_dir, P * T, k.temperature, k.device, max_steps=k.max_steps,
-                             vae_model=vae_model, precision=k.dream_precision)
+        dream = load_dream(run_dir, P * T, k.temperature, k.device, max_steps=k.max_steps,
+                           vae_model=vae_model, precision=k.dream_precision)
     seconds: list[float] = []
     steps_per_s: list[float] = []
     with contextlib.ExitStack() as stack:

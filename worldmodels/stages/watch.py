@@ -72,7 +72,7 @@ def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
     import gymnasium as gym
 
     import worldmodels.envs as envs
-    from worldmodels.envs.dream import decode_frames, mixture_from_hidden
+    from worldmodels.envs.dream import decode_frames
     from worldmodels.memory.mdnrnn import sample_next
     from worldmodels.utils.video import annotate, fit, panels
 
@@ -94,7 +94,7 @@ def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
                 return
             action = agent.act(obs[None])[0]  # also advances M: h_{t+1}
             if side_by_side:  # M's guess of the next frame: most likely component's mean
-                out = mixture_from_hidden(agent.mdnrnn, agent.state[0])
+                out = agent.mdnrnn.predict(agent.state[0])
                 predicted = decode_frames(agent.vae, sample_next(out, 0.0))[0]
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
@@ -135,7 +135,7 @@ def default_video(run: Path, env: str, seed: int) -> Path:
     """Where a video goes without ``--save``: ``<run>/videos/`` of a run you trained; for an
     exported run (``MANIFEST.json``: the shipped ``pretrained/carracing``, git-tracked, every
     file listed with its hash) ``runs/watch/`` under the current directory, never the export."""
-    from worldmodels.export import MANIFEST
+    from worldmodels.run import MANIFEST
 
     if (run / MANIFEST).exists():
         return Path("runs") / "watch" / f"{run.resolve().name}_{env}_seed{seed}.mp4"
@@ -171,7 +171,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise WorldModelsError(f"--save {save}: the video must end in .mp4 or .gif")
 
 
-    from worldmodels.control.agent import WorldModelAgent
+    from worldmodels.run import load_agent, make_dream_env
     from worldmodels.utils.parallel import set_numpy_blas_threads
     from worldmodels.utils.progress import progress_bar
     from worldmodels.utils.video import LiveWindow, VideoWriter, has_display
@@ -180,15 +180,12 @@ def _main(argv: list[str] | None = None) -> int:
     # (NumPy's default threads spinning against torch's made a step ~7x slower).
     set_numpy_blas_threads(1)
 
-    agent = WorldModelAgent.from_run(run, device=args.device,
-                                     controller=None if args.controller == "random"
-                                     else args.controller)
+    agent = load_agent(run, device=args.device,
+                       controller=None if args.controller == "random" else args.controller)
     dream = None
     if args.env == "dream":
-        from worldmodels.envs.dream import DreamEnv
-
-        dream = DreamEnv(run, temperature=args.tau, render_mode="rgb_array",
-                         device=args.device, max_steps=args.max_steps)
+        dream = make_dream_env(run, temperature=args.tau, render_mode="rgb_array",
+                               device=args.device, max_steps=args.max_steps)
     window_ok = save is None and has_display()
     if save is None and not window_ok:
         save = default_video(run, args.env, args.seed)

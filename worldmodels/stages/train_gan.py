@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels.config import Config, save_resolved
+from worldmodels.config import Config, save_stage_config
 from worldmodels.data.datasets import (
     FrameDataset,
     RolloutDataset,
@@ -297,7 +297,7 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
     batches = _batches(frames, dataset, g.batch_size, steps_per_epoch, g.seed, step, device)
     noise_gen = torch.Generator(device=device)
 
-    save_resolved(cfg, run_dir)
+    save_stage_config(cfg, run_dir, "gan")
     # resume_step=0 on a fresh start too: drops the logs of a run killed in its 1st epoch
     logger = RunLogger(run_dir, STAGE, resume_step=step)
     if checkpoint is None:

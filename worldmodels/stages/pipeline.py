@@ -5,15 +5,15 @@ Ha & Schmidhuber, *World Models* (2018), arXiv:1803.10122, section 3 ("Car Racin
 Experiment: Procedure"):
 
 1. collect rollouts of a random policy (:func:`worldmodels.data.rollouts.main`);
-2. train V, the VAE, on their frames (:func:`worldmodels.train.vae.train_vae`);
+2. train V, the VAE, on their frames (:func:`worldmodels.stages.train_vae.train_vae`);
 3. encode every frame into ``z`` (:func:`worldmodels.data.latents.main`);
-4. train M, the MDN-RNN, on the latent sequences (:func:`worldmodels.train.mdnrnn.train_mdnrnn`);
-5. evolve C by CMA-ES (:func:`worldmodels.control.cmaes.train_controller`; in M's dream with
+4. train M, the MDN-RNN, on the latent sequences (:func:`worldmodels.stages.train_mdnrnn.train_mdnrnn`);
+5. evolve C by CMA-ES (:func:`worldmodels.stages.train_controller.train_controller`; in M's dream with
    ``controller.env = "dream"``, the paper's section 4);
 6. score C on ``N`` held-out tracks (:func:`worldmodels.control.evaluation.evaluate`) and, on
    the same tracks, two references: the zero controller (CMA-ES's start point) and a random
    linear C (parameters ``N(0, 1)``, a random policy that still reads ``[z, h]``);
-7. record one episode (:func:`worldmodels.control.watch.main`), as long as C's training
+7. record one episode (:func:`worldmodels.stages.watch.main`), as long as C's training
    episodes at most, to ``<run>/videos/pipeline.mp4``.
 
 Every stage resumes or returns at once when finished (the stage functions themselves check),
@@ -66,9 +66,9 @@ def _reference_returns(run_dir: Path, cfg: Config, episodes: int, seed: int,
     """Returns of the zero controller and of a random linear C (parameters ``N(0, 1)``,
     seeded) on tracks ``seed .. seed + episodes - 1``: the references the trained C is
     compared with, on the same tracks and with the same V and M."""
-    from worldmodels.control.agent import load_controller, load_world_model
-    from worldmodels.control.backends import make_backend
-    from worldmodels.control.evaluation import EpisodeSpec, make_bundle
+    from worldmodels.control.evaluation import EpisodeSpec, worker_bundle
+    from worldmodels.parallel import make_backend
+    from worldmodels.run import load_controller, load_world_model
     from worldmodels.utils.torch import derive_seed
 
     k = cfg.controller
@@ -77,7 +77,7 @@ def _reference_returns(run_dir: Path, cfg: Config, episodes: int, seed: int,
                                                                              "auto"), "cpu")
     hp = controller.hparams
     kwargs = {"hidden_layer": hp["hidden_layer"], "use_hidden_state": hp["use_hidden_state"]}
-    bundle = make_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=k.device)
+    bundle = worker_bundle(vae, mdnrnn, controller_kwargs=kwargs, device=k.device)
     n = controller.num_parameters
     rng = np.random.default_rng(derive_seed(k.seed, "pipeline-random-controller"))
     params = np.stack([np.zeros(n), rng.standard_normal(n)])
@@ -157,13 +157,13 @@ def run_pipeline(cfg: Config, run_dir: str | Path, progress: bool | None = None,
         ``baselines``, ``video`` (path or None), ``table`` (text), ``summary_path``.
     :raises ConfigError: a V that gives no continuous ``z`` (the VQ-VAE), bad episode counts.
     """
-    from worldmodels.control.cmaes import train_controller
-    from worldmodels.control.evaluation import evaluate
-    from worldmodels.data.latents import main as encode_main
     from worldmodels.data.rollouts import DATASET_NAME
-    from worldmodels.data.rollouts import main as collect_main
-    from worldmodels.train.mdnrnn import train_mdnrnn
-    from worldmodels.train.vae import train_vae
+    from worldmodels.stages.collect import main as collect_main
+    from worldmodels.stages.encode import main as encode_main
+    from worldmodels.stages.evaluate import evaluate
+    from worldmodels.stages.train_controller import train_controller
+    from worldmodels.stages.train_mdnrnn import train_mdnrnn
+    from worldmodels.stages.train_vae import train_vae
 
     if cfg.vae.model == "vqvae":
         raise ConfigError("the pipeline's C reads a continuous z: use vae.model = 'vae' or "
@@ -244,7 +244,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, progress: bool | None = None,
         video_path = run_dir / "videos" / VIDEO_NAME
 
         def record() -> dict[str, Any]:
-            from worldmodels.control.watch import main as watch_main
+            from worldmodels.stages.watch import main as watch_main
 
             watch_main(["--run", str(run_dir), "--env", "real", "--episodes", "1",
                         "--seed", str(seed),

@@ -50,8 +50,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,30 +64,29 @@ from worldmodels.config import (
     save_stage_config,
 )
 from worldmodels.data.datasets import (
-    FrameDataset,
     RolloutDataset,
     fits_in_memory,
-    load_frames,
     split_episodes,
 )
+from worldmodels.data.frames import FrameSource
 from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.generative import (
     VQVAE,
-    CodePrior,
     CodeUsage,
     ConvVAE,
-    prior_loss,
     reparameterize,
     vae_loss,
     vqvae_loss,
 )
+from worldmodels.generative.objective import Objective, to_float, training_losses
+from worldmodels.generative.registry import KINDS
+from worldmodels.generative.registry import model_config as v_model_config
+from worldmodels.stages.train_prior import current_prior, train_prior
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     describe_diff,
-    load_checkpoint,
     restore_rng,
-    save_checkpoint,
     settings_diff,
 )
 from worldmodels.utils.logs import RunLogger
@@ -96,39 +94,23 @@ from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
     FirstNonFinite,
     GracefulStop,
-    auto_precision,
     autocast,
     channels_last,
-    check_finite,
     count_parameters,
     derive_seed,
     eval_mode,
+    fused_adam,
     resolve_device,
     seed_everything,
 )
 
 __all__ = [
-    "MODELS",
-    "Objective",
-    "FrameSource",
-    "build_model",
     "model_from_config",
-    "training_losses",
-    "use_bf16",
-    "training_autocast",
     "prepare_model",
-    "fused_adam",
     "evaluate",
     "train_vae",
-    "load_vae",
-    "load_code_prior",
 ]
 
-MODELS = ("vae", "betavae", "vqvae")
-#: checkpoint kind per model: the VAE and the β-VAE are the same network
-KINDS = {"vae": "vae", "betavae": "vae", "vqvae": "vqvae"}
-PRIOR_KIND = "code_prior"
-PRIOR_FILE = "prior.pt"
 PIXELS = 3 * 64 * 64  # D, the dimensions of one frame
 # Settings that fix the data order (which frames make each batch): changing them in the
 # middle of a run would repeat some frames and skip others.
@@ -157,209 +139,10 @@ def model_from_config(v: VAEConfig) -> nn.Module:
     return ConvVAE(latent_dim=v.latent_dim)
 
 
-def build_model(model_config: dict[str, Any]) -> nn.Module:
-    """Rebuild V from a checkpoint's ``model_config``: ``{"model": name, **constructor kwargs}``."""
-    kwargs = dict(model_config)
-    name = kwargs.pop("model", None)
-    if name in ("vae", "betavae"):
-        return ConvVAE(**kwargs)
-    if name == "vqvae":
-        return VQVAE(**kwargs)
-    raise DataError(f"unknown V model {name!r} in a checkpoint's model_config (expected one "
-                    f"of {', '.join(MODELS)})")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What V minimises, derived from the config.
-
-    * ``vae``: ``recon + max(KL, kl_tolerance * D_z)`` (beta = 1, the paper's V);
-    * ``betavae``: ``recon + beta * max(KL, floor)``, or with ``capacity_max > 0``
-      ``recon + gamma * |KL - C(step)|``, ``C`` growing linearly from 0 to ``capacity_max``
-      nats over ``capacity_steps`` steps (the floor is then not used);
-    * ``vqvae``: ``mean (x - x_hat)^2 / data_variance + codebook + commitment * commit``.
-    """
-
-    model: str
-    beta: float = 1.0
-    kl_tolerance: float = 0.0
-    recon: str = "mse"
-    capacity_max: float = 0.0
-    capacity_steps: int = 1
-    gamma: float = 1000.0
-    commitment: float = 0.25
-    data_variance: float = 1.0
-
-    @classmethod
-    def from_config(cls, v: VAEConfig, data_variance: float = 1.0) -> Objective:
-        if v.model == "vqvae":
-            return cls("vqvae", commitment=v.commitment, data_variance=data_variance)
-        annealed = v.model == "betavae" and v.capacity_max > 0
-        return cls(
-            v.model,
-            beta=1.0 if v.model == "vae" else v.beta,
-            kl_tolerance=0.0 if annealed else v.kl_tolerance,
-            recon=v.recon,
-            capacity_max=v.capacity_max if annealed else 0.0,
-            capacity_steps=v.capacity_steps,
-            gamma=v.gamma,
-        )
-
-    def capacity(self, step: int) -> float | None:
-        """``C`` in nats after ``step`` optimiser steps; None without capacity annealing."""
-        if self.capacity_max <= 0:
-            return None
-        return self.capacity_max * min(1.0, step / self.capacity_steps)
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """Whether V's or M's network trains under bf16 autocast (``precision`` of
-    :class:`~worldmodels.config.VAEConfig` / :class:`~worldmodels.config.MDNRNNConfig`).
-
-    ``auto``: on CUDA with bf16 (as :func:`worldmodels.utils.torch.autocast`), and on a CPU
-    with native bf16 (AVX512-BF16 / AMX), where ``scripts/benchmark.py vae|mdnrnn`` measured
-    it faster than fp32 (a 2-core AMX Xeon: V's step 1.6x, M's LSTM about 2x; but when
-    other processes oversubscribe the cores, oneDNN's bf16 kernels slow down more than
-    fp32's); elsewhere CPU bf16 is emulated and slower, so fp32. ``bf16`` / ``fp32`` force it (``bf16`` on a GPU without
-    bf16 runs fp32).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32" or device.type not in ("cpu", "cuda"):
-        return False
-    if precision == "bf16" and device.type == "cpu":
-        return True
-    return auto_precision(device) == "bf16"
-
-
-def training_autocast(device: torch.device,
-                      precision: str = "auto") -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast where :func:`use_bf16` says so, else a no-op. Losses, KL and mixture
-    heads leave it and compute in fp32 themselves."""
-    if use_bf16(device, precision):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def fused_adam(device: torch.device) -> bool:
-    """Adam's fused kernel (one pass per parameter) on CUDA and CPU, where torch has it."""
-    return device.type in ("cuda", "cpu")
-
-
-def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 64, 64) uint8 -> float32 in [0, 1] (on the frames' device)."""
-    return frames.float().div_(255.0)
-
-
-def training_losses(model: nn.Module, x: torch.Tensor, objective: Objective,
-                    step: int, precision: str = "auto") -> dict[str, torch.Tensor]:
-    """One training forward pass and its losses (fp32 scalars); the network under
-    :func:`training_autocast` (``precision``).
-
-    :param model: V in training mode, possibly ``torch.compile``-d (only ``model(x)`` is
-        called, so the compiled graph is used): the VAE draws one ``z ~ q(z|x)`` from the
-        global torch RNG; the VQ-VAE updates its EMA codebook.
-    :param x: (B, 3, 64, 64) float in [0, 1].
-    :param step: optimiser steps done so far (schedules the capacity ``C``).
-    :return: ``loss``, ``recon``, ``kl``, ``kl_floored``, ``beta_kl`` (VAEs) or ``loss``,
-        ``recon``, ``codebook``, ``commitment``, ``perplexity`` (VQ-VAE).
-    """
-    with training_autocast(x.device, precision):
-        out = model(x)
-    # The losses leave autocast and compute in fp32 themselves.
-    if objective.model == "vqvae":
-        x_hat, vq = out
-        return vqvae_loss(x, x_hat, vq, beta=objective.commitment,
-                          data_variance=objective.data_variance)
-    x_hat, mu, logvar, _z = out
-    return vae_loss(x, x_hat, mu, logvar, beta=objective.beta,
-                    kl_tolerance=objective.kl_tolerance, recon=objective.recon,
-                    capacity=objective.capacity(step), gamma=objective.gamma)
 
 
 # ------------------------------------------------------------------------------- data
 
-
-class FrameSource:
-    """The frames of some episodes: one uint8 tensor on the device, or streamed from HDF5.
-
-    :param rollouts: the open dataset.
-    :param episodes: episode indices (a train or validation split).
-    :param device: where batches are delivered.
-    :param in_memory: hold every frame as one (N, 3, 64, 64) uint8 tensor on ``device``
-        (:func:`~worldmodels.data.datasets.load_frames`) and draw batches by index;
-        otherwise read chunk-aligned shuffled batches from the file
-        (:meth:`~worldmodels.data.datasets.FrameDataset.sample_batches`).
-    """
-
-    def __init__(self, rollouts: RolloutDataset, episodes: Sequence[int],
-                 device: torch.device, in_memory: bool) -> None:
-        self.device = device
-        self.dataset = FrameDataset(rollouts, episodes)
-        self.frames: torch.Tensor | None = None
-        if in_memory and len(self.dataset):
-            try:
-                self.frames = load_frames(rollouts, episodes, device)
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if "memory" not in str(e).lower():
-                    raise
-                raise DataError(f"the frames of {rollouts.path} do not fit in {device} memory: "
-                                "pass --in-memory no to stream them from the file") from None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def epoch(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
-        """The ``len // batch_size`` full batches (B, 3, 64, 64) uint8 of one shuffled pass
-        (the last partial batch is dropped, so every batch has the same shape for
-        ``torch.compile``), starting after the first ``skip``. The order depends only on
-        ``seed`` (and on in-memory vs streamed)."""
-        num_batches = len(self) // batch_size
-        if self.frames is not None:
-            g = torch.Generator().manual_seed(seed)
-            perm = torch.randperm(len(self), generator=g).to(self.device)
-            for i in range(skip, num_batches):
-                yield self.frames[perm[i * batch_size:(i + 1) * batch_size]]
-            return
-        batches = self.dataset.sample_batches(batch_size, rng=np.random.default_rng(seed),
-                                              drop_last=True, epochs=1)
-        # Resuming mid-epoch re-reads the skipped batches: the shuffle buffer's state
-        # depends on them.
-        for x in _skip(batches, skip):
-            yield x.to(self.device, non_blocking=True)
-
-    def all_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Every frame once (the last batch may be smaller), in a fixed order."""
-        if self.frames is not None:
-            for i in range(0, len(self), batch_size):
-                yield self.frames[i:i + batch_size]
-            return
-        for x in self.dataset.sample_batches(batch_size, rng=0, epochs=1):
-            yield x.to(self.device, non_blocking=True)
-
-    def take(self, indices: Sequence[int]) -> torch.Tensor:
-        """Frames ``indices`` as (len, 3, 64, 64) uint8 on the device."""
-        if self.frames is not None:
-            return self.frames[torch.as_tensor(list(indices), device=self.device)]
-        return torch.stack([self.dataset[int(i)] for i in indices]).to(self.device)
-
-    def variance(self, max_frames: int = 4096) -> float:
-        """Pixel variance (in [0, 1] units) of up to ``max_frames`` evenly spaced frames."""
-        idx = np.linspace(0, len(self) - 1, min(len(self), max_frames)).round().astype(np.int64)
-        if self.frames is None:  # one shuffled read beats random access to each frame
-            x = next(iter(self.dataset.sample_batches(len(idx), rng=0)))
-        else:
-            x = self.take(np.unique(idx))
-        return float(to_float(x).var())
-
-
-def _skip(it: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
-    for i, x in enumerate(it):
-        if i >= n:
-            yield x
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -441,9 +224,6 @@ def _log_reconstructions(logger: RunLogger, model: nn.Module, shown: torch.Tenso
 # --------------------------------------------------------------------------- training
 
 
-def _model_config(model: nn.Module, name: str) -> dict[str, Any]:
-    return {"model": name, **model.hparams}
-
 
 def _check_compatible(checkpoint: dict[str, Any], model_config: dict[str, Any],
                       v: VAEConfig, stage_dir: Path) -> None:
@@ -494,7 +274,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
         # -- model and optimiser (seeded: same seed, same initial weights)
         seed_everything(v.seed)
         model = prepare_model(model_from_config(v), device).to(device)
-        model_config = _model_config(model, v.model)
+        model_config = v_model_config(model, v.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=v.lr, fused=fused_adam(device))
         params = count_parameters(model)
 
@@ -529,7 +309,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
         if step >= target and not vq_prior:
             return summary(None, None)  # finished earlier: nothing to do
         # A prior is resumed only once V is done (V's further steps would make it stale).
-        prior_state = (_current_prior(v, stage_dir, manager, step)
+        prior_state = (current_prior(v, stage_dir, manager, step)
                        if vq_prior and step >= target else None)
         if step >= target and prior_state is not None and prior_state["done"]:
             return summary(None, prior_state["summary"])
@@ -639,7 +419,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
         images_per_s = trained_images / train_seconds if train_seconds > 0 else None
         prior_summary = None
         if vq_prior:
-            prior_summary = _train_prior(v, stage_dir, manager, model, train, val,
+            prior_summary = train_prior(v, stage_dir, manager, model, train, val,
                                          step, logger, device, prior_state, progress, stop)
         return summary(images_per_s, prior_summary)
 
@@ -647,171 +427,8 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
 # ---------------------------------------------------------------------- VQ-VAE prior
 
 
-def _prior_source(manager: CheckpointManager, final_step: int) -> int:
-    """The V step whose codes the prior models: best.pt's (what later stages load)."""
-    return manager.best_step if manager.best_step is not None else final_step
-
-
-def _current_prior(v: VAEConfig, stage_dir: Path, manager: CheckpointManager,
-                   final_step: int) -> dict[str, Any] | None:
-    """prior.pt's progress if it models the current best V, else None (retrain it)."""
-    path = stage_dir / PRIOR_FILE
-    if not path.exists():
-        return None
-    prior = load_checkpoint(path, kind=PRIOR_KIND)
-    if (prior.get("extra") or {}).get("vae_step") != _prior_source(manager, final_step):
-        return None
-    return {"checkpoint": prior, "step": int(prior["step"]),
-            "done": int(prior["epoch"] or 0) >= v.prior_epochs,
-            "summary": {"prior_checkpoint": str(path),
-                        **{k: val for k, val in prior["metrics"].items()
-                           if k.startswith("prior/")},
-                        "prior_wall_seconds": float(prior["extra"].get("wall_seconds", 0.0))}}
-
-
-@torch.no_grad()
-def _encode_all(model: nn.Module, source: FrameSource, batch_size: int) -> torch.Tensor:
-    """Code grids (N, h, w) of every frame of ``source``, as small ints on its device."""
-    dtype = torch.uint8 if model.codebook_size <= 256 else torch.int32
-    out = []
-    with eval_mode(model):
-        for frames in source.all_batches(batch_size):
-            with autocast(frames.device):
-                out.append(model.encode_codes(to_float(frames)).to(dtype))
-    if not out:
-        return torch.zeros((0, *model.grid_size), dtype=dtype, device=source.device)
-    return torch.cat(out)
-
-
-def _train_prior(v: VAEConfig, stage_dir: Path, manager: CheckpointManager,
-                 model: nn.Module, train: FrameSource, val: FrameSource, final_step: int,
-                 logger: RunLogger, device: torch.device, state: dict[str, Any] | None,
-                 progress: bool | None, stop: GracefulStop) -> dict[str, Any]:
-    """Fit :class:`~worldmodels.generative.CodePrior` to the code grids of the training
-    frames, as encoded by the best V; ``prior.pt`` after each epoch (resumable). Logged on
-    V's step axis after V's last step (``prior/loss`` in nats per code)."""
-    t_start = time.perf_counter()
-    source_step = _prior_source(manager, final_step)
-    vqvae = model
-    if manager.best_path.exists() and manager.best_step != final_step:
-        best = load_checkpoint(manager.best_path, map_location=device)
-        vqvae = channels_last(build_model(best["model_config"]), device).to(device)
-        vqvae.load_state_dict(best["state_dict"])
-    train_codes = _encode_all(vqvae, train, v.batch_size)
-    val_codes = _encode_all(vqvae, val, v.batch_size)
-    batch_size = min(v.batch_size, len(train_codes))
-    steps_per_epoch = len(train_codes) // batch_size
-
-    # Its own seeded RNG: training the prior must not change V's random stream.
-    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its RNG is used
-        torch.manual_seed(derive_seed(v.seed, "prior"))
-        prior = CodePrior(vqvae.codebook_size, vqvae.grid_size).to(device)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=v.prior_lr)
-    pstep, start_epoch, metrics, wall_before = 0, 0, {}, 0.0
-    if state is not None:
-        prior.load_state_dict(state["checkpoint"]["state_dict"])
-        optimizer.load_state_dict(state["checkpoint"]["optimizer"])
-        pstep, start_epoch = state["step"], int(state["checkpoint"]["epoch"] or 0)
-        metrics = state["checkpoint"]["metrics"]
-        wall_before = state["summary"]["prior_wall_seconds"]
-    wall = wall_before
-    path = stage_dir / PRIOR_FILE
-    bar = progress_bar(progress, total=v.prior_epochs * steps_per_epoch,
-                       initial=pstep, desc="prior", unit="step")
-    try:
-        for epoch in range(start_epoch, v.prior_epochs):
-            g = torch.Generator().manual_seed(derive_seed(v.seed, "prior-data", epoch))
-            perm = torch.randperm(len(train_codes), generator=g).to(device)
-            prior.train()
-            total = torch.zeros((), device=device)
-            for i in range(steps_per_epoch):
-                if stop.requested:  # prior.pt keeps the last finished epoch
-                    raise KeyboardInterrupt
-                codes = train_codes[perm[i * batch_size:(i + 1) * batch_size]].long()
-                with autocast(device):
-                    logits = prior(codes)
-                loss = prior_loss(logits, codes)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                pstep += 1
-                bar.update(1)
-                total += loss.detach()
-                if pstep % v.log_every == 0:
-                    logger.log(final_step + pstep, {"prior/loss": loss})
-            check_finite(total, pstep, "prior loss")
-            metrics = {"prior/train_loss": float(total) / max(steps_per_epoch, 1)}
-            if len(val_codes):
-                metrics["prior/val_loss"] = _prior_nll(prior, val_codes, v.batch_size)
-            logger.log(final_step + pstep, metrics)
-            with eval_mode(prior), autocast(device):
-                g = torch.Generator().manual_seed(derive_seed(v.seed, "prior-samples"))
-                samples = vqvae.decode_codes(prior.sample(NUM_SAMPLES, generator=g))
-            logger.images("images/samples", final_step + pstep, samples.float())
-            wall = wall_before + time.perf_counter() - t_start
-            save_checkpoint(path, kind=PRIOR_KIND, model=prior, model_config=prior.hparams,
-                            optimizer=optimizer, step=pstep, epoch=epoch + 1, metrics=metrics,
-                            extra={"vae_step": source_step, "wall_seconds": wall})
-            logger.flush()
-    finally:
-        bar.close()
-    return {"prior_checkpoint": str(path), **metrics, "prior_wall_seconds": wall}
-
-
-@torch.no_grad()
-def _prior_nll(prior: CodePrior, codes: torch.Tensor, batch_size: int) -> float:
-    """Mean negative log-likelihood in nats per code of ``codes`` (N, h, w)."""
-    total = 0.0
-    with eval_mode(prior):
-        for i in range(0, len(codes), batch_size):
-            c = codes[i:i + batch_size].long()
-            with autocast(c.device):
-                logits = prior(c)
-            total += float(prior_loss(logits, c)) * len(c)
-    return total / len(codes)
-
 
 # ---------------------------------------------------------------------------- loading
 
 
-def _checkpoint_path(run_dir: str | Path, model: str) -> Path:
-    stage_dir = Path(run_dir) / model
-    for name in (CheckpointManager.BEST, CheckpointManager.LAST):
-        if (stage_dir / name).exists():
-            return stage_dir / name
-    raise DataError(f"no trained {model} in {stage_dir}: run scripts/train_vae.py "
-                    f"--run {run_dir} --model {model} first")
 
-
-def load_vae(run_dir: str | Path, model: str = "vae",
-             device: str | torch.device = "cpu") -> nn.Module:
-    """V of a run, rebuilt from ``<run>/<model>/best.pt`` (else ``last.pt``) alone.
-
-    :param model: ``vae``, ``betavae`` or ``vqvae`` (the stage directory).
-    :param device: ``cpu``, ``cuda``, ``auto``...
-    :return: a :class:`~worldmodels.generative.ConvVAE` or
-        :class:`~worldmodels.generative.VQVAE` in eval mode.
-    :raises DataError: no checkpoint, or an unreadable one.
-    """
-    if model not in MODELS:
-        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    device = resolve_device(device)
-    path = _checkpoint_path(run_dir, model)
-    checkpoint = load_checkpoint(path, kind=KINDS[model], map_location=device)
-    net = build_model(checkpoint["model_config"])
-    net.load_state_dict(checkpoint["state_dict"])
-    return net.to(device).eval()
-
-
-def load_code_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> CodePrior:
-    """The VQ-VAE's code prior of a run (``<run>/vqvae/prior.pt``), in eval mode: sample
-    with ``load_vae(run, "vqvae").decode_codes(prior.sample(n))``."""
-    device = resolve_device(device)
-    path = Path(run_dir) / "vqvae" / PRIOR_FILE
-    if not path.exists():
-        raise DataError(f"no code prior at {path}: run scripts/train_vae.py --run {run_dir} "
-                        "--model vqvae (with --prior-epochs > 0) first")
-    checkpoint = load_checkpoint(path, kind=PRIOR_KIND, map_location=device)
-    prior = CodePrior(**checkpoint["model_config"])
-    prior.load_state_dict(checkpoint["state_dict"])
-    return prior.to(device).eval()

@@ -45,7 +45,7 @@ Writes ``<run>/mdnrnn/{last,best}.pt`` (best: lowest ``val/loss``), ``metrics.js
 ``hparams.json``, ``images/images_predictions_<step>.png``; ``<run>/tb/mdnrnn/``;
 ``<run>/config.json``.
 
-**Resume** as :mod:`worldmodels.train.vae`: re-running continues from ``last.pt`` with the
+**Resume** as :mod:`worldmodels.stages.train_vae`: re-running continues from ``last.pt`` with the
 same data order (epoch ``e``'s windows and order depend only on ``(seed, e)``, the noise of
 step ``s`` only on ``(seed, s)``), so a resumed run equals an uninterrupted one; logs after
 the checkpoint are dropped; a first Ctrl-C checkpoints the current step and stops.
@@ -55,17 +55,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worldmodels.config import (
@@ -74,28 +71,25 @@ from worldmodels.config import (
     save_stage_config,
 )
 from worldmodels.data.datasets import ACTION_DIM, RolloutDataset, split_episodes
-from worldmodels.data.latents import (
-    LatentDataset,
-    LatentSequences,
-    fits_in_memory,
-    latents_path,
-    load_encoder,
-)
+from worldmodels.data.latents import LatentDataset, latents_path
 from worldmodels.data.rollouts import DATASET_NAME
+from worldmodels.data.sequences import LatentSequences, fits_in_memory
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.memory import (
     MDNRNN,
-    DiscreteMDNRNN,
-    gmm_nll,
+    CodeRNN,
     mixture_nll,
-    sample_next,
-    sample_next_codes,
 )
-from worldmodels.train.vae import fused_adam, training_autocast
+from worldmodels.memory.losses import (
+    clip_gradients,
+    sequence_losses,
+)
+from worldmodels.memory.mdnrnn import mdnrnn_model_config
+from worldmodels.run import load_encoder
+from worldmodels.stages.mdnrnn_eval import Baselines, evaluate, init_heads, prediction_strip
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     describe_diff,
-    load_checkpoint,
     restore_rng,
     settings_diff,
 )
@@ -104,37 +98,23 @@ from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
     FirstNonFinite,
     GracefulStop,
-    autocast,
     count_parameters,
     derive_seed,
-    eval_mode,
+    fused_adam,
     resolve_device,
     seed_everything,
 )
 
 __all__ = [
     "STAGE",
-    "Baselines",
-    "build_mdnrnn",
     "model_from_latents",
-    "sequence_losses",
     "mixture_loss_fn",
-    "clip_gradients",
-    "init_heads",
-    "evaluate",
-    "prediction_strip",
     "train_mdnrnn",
-    "load_mdnrnn",
-    "mdnrnn_info",
 ]
 
 STAGE = "mdnrnn"  # <run>/mdnrnn/, <run>/tb/mdnrnn/, checkpoint kind
 # Settings that fix the data order: changing them mid-run would repeat or skip data.
 DATA_ORDER_KEYS = ("batch_size", "seq_len", "seed", "val_episodes")
-STRIP_STEPS = 16  # columns of the prediction strip
-STRIP_CONTEXT = 4  # real inputs before M is fed its own samples
-_MIN_PROB = 1e-6  # the done baseline's rate is clamped here: log(0) would be -inf
-
 
 # ----------------------------------------------------------------------------- models
 
@@ -142,52 +122,18 @@ _MIN_PROB = 1e-6  # the done baseline's rate is clamped here: log(0) would be -i
 def model_from_latents(m: MDNRNNConfig, data: LatentDataset) -> nn.Module:
     """A freshly initialised M for the latents of ``data`` (uses the global torch RNG):
     :class:`~worldmodels.memory.MDNRNN` for Gaussian latents,
-    :class:`~worldmodels.memory.DiscreteMDNRNN` for VQ-VAE codes."""
+    :class:`~worldmodels.memory.CodeRNN` for VQ-VAE codes."""
     if data.kind == "codes":
-        return DiscreteMDNRNN(codebook_size=data.codebook_size, grid_cells=data.latent_dim,
+        return CodeRNN(codebook_size=data.codebook_size, grid_cells=data.latent_dim,
                               action_dim=ACTION_DIM, hidden_dim=m.hidden_dim,
                               code_embed_dim=m.code_embed_dim)
     return MDNRNN(latent_dim=data.latent_dim, action_dim=ACTION_DIM, hidden_dim=m.hidden_dim,
                   num_gaussians=m.num_gaussians)
 
 
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    name = "discrete_mdnrnn" if isinstance(model, DiscreteMDNRNN) else "mdnrnn"
-    return {"model": name, **model.hparams}
-
-
-def build_mdnrnn(model_config: dict[str, Any]) -> nn.Module:
-    """Rebuild M from a checkpoint's ``model_config``: ``{"model": name, **kwargs}``."""
-    kwargs = dict(model_config)
-    name = kwargs.pop("model", None)
-    if name == "mdnrnn":
-        return MDNRNN(**kwargs)
-    if name == "discrete_mdnrnn":
-        return DiscreteMDNRNN(**kwargs)
-    raise DataError(f"unknown M model {name!r} in a checkpoint's model_config")
-
 
 # ----------------------------------------------------------------------------- losses
 
-
-def _inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return batch["codes"] if "codes" in batch else batch["z"]
-
-
-def _next_latent_nll(out: Any, target: torch.Tensor) -> torch.Tensor:
-    """(B, L) NLL of ``target`` (B, L, D) or codes (B, L, cells): nats per latent dimension
-    (Gaussian mixtures, :func:`~worldmodels.memory.gmm_nll`) or per grid cell (categorical)."""
-    if hasattr(out, "logits"):
-        B, L, cells, K = out.logits.shape
-        ce = F.cross_entropy(out.logits.reshape(-1, K).float(), target.reshape(-1),
-                             reduction="none")
-        return ce.view(B, L, cells).mean(-1)
-    return gmm_nll(target, out.logpi, out.mu, out.logsigma).mean(-1)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # where, not a product: a masked position's value must not reach the gradient
-    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 #: mixture elements (batch x seq_len x D x K) from which ``compile_loss="auto"`` compiles
@@ -225,307 +171,10 @@ def mixture_loss_fn(m: MDNRNNConfig, batch_size: int | None = None,
     return fn
 
 
-def sequence_losses(model: nn.Module, batch: dict[str, torch.Tensor], reward_weight: float = 1.0,
-                    done_weight: float = 1.0, done_pos_weight: float = 1.0,
-                    precision: str = "auto",
-                    nll_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mixture_nll,
-                    ) -> dict[str, torch.Tensor]:
-    """One teacher-forced forward pass over a batch of :class:`LatentSequences` and its
-    losses, fp32 scalars ``loss``, ``nll``, ``reward``, ``done``::
-
-        loss   = nll + reward_weight * reward + done_weight * done
-        nll    = mean over (b, t, j) with mask & next_valid of
-                 -log sum_k pi_k N(z_{t+1,j}; mu_k, sigma_k^2)       (nats per latent dim;
-                 discrete M: cross-entropy per grid cell)
-        reward = mean over (b, t) with mask of (r_hat - r)^2
-        done   = mean over (b, t) with mask of
-                 -[w d log sigmoid(l) + (1 - d) log(1 - sigmoid(l))], w = done_pos_weight
-
-    ``mask`` is false on the padding of episodes shorter than the sequence (whose values
-    must be finite: :class:`LatentSequences` repeats the last step); ``next_valid``
-    also drops the ``z`` term of a terminated episode's last transition (whose next frame
-    does not exist) but keeps its reward and done: the done head's only positive examples.
-
-    The recurrent core runs under :func:`~worldmodels.train.vae.training_autocast`
-    (``precision``: bf16 on CUDA and on CPUs with native bf16); the heads and the losses
-    in fp32. For :class:`MDNRNN` the mixture term is ``nll_fn`` (default
-    :func:`~worldmodels.memory.mixture_nll`, or the compiled one of :func:`mixture_loss_fn`)
-    on the head's raw output; a compiled or discrete M goes through its ``forward``.
-
-    :param model: M (:class:`MDNRNN` or :class:`DiscreteMDNRNN`, possibly compiled).
-    :param batch: ``z`` (B, L+1, D) or ``codes`` (B, L+1, cells), ``actions`` (B, L, 3),
-        ``rewards``, ``dones`` (B, L) float, ``next_valid`` (B, L) bool and optionally
-        ``mask`` (B, L) bool (default: every step real).
-    """
-    x = _inputs(batch)
-    mask = batch.get("mask")
-    if mask is None:
-        mask = torch.ones_like(batch["next_valid"])
-    with training_autocast(x.device, precision):
-        if isinstance(model, MDNRNN):
-            params, reward_hat, done_logit, _ = model.raw(x[:, :-1], batch["actions"])
-        else:
-            out = model(x[:, :-1], batch["actions"])
-            reward_hat, done_logit = out.reward, out.done_logit
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        if isinstance(model, MDNRNN):
-            per_step = nll_fn(params, x[:, 1:]).mean(-1)
-        else:
-            per_step = _next_latent_nll(out, x[:, 1:])
-        nll = _masked_mean(per_step, batch["next_valid"] & mask)
-        zero = nll.new_zeros(())
-        reward = zero if reward_hat is None else _masked_mean(
-            (reward_hat - batch["rewards"]).square(), mask)
-        done = zero if done_logit is None else _masked_mean(
-            _done_bce(done_logit, batch["dones"], done_pos_weight), mask)
-        loss = nll + reward_weight * reward + done_weight * done
-    return {"loss": loss, "nll": nll, "reward": reward, "done": done}
-
-
-def _done_bce(logit: torch.Tensor, done: torch.Tensor, pos_weight: float) -> torch.Tensor:
-    """Per-step BCE of the done logit, positives weighted by ``pos_weight``."""
-    weight = None if pos_weight == 1.0 else logit.new_tensor(pos_weight)
-    return F.binary_cross_entropy_with_logits(logit, done, reduction="none", pos_weight=weight)
-
-
-def clip_gradients(parameters: Iterable[torch.Tensor], grad_clip: float,
-                   mode: str = "norm") -> torch.Tensor | None:
-    """Clip M's gradient in place; returns its total 2-norm before clipping (None when
-    ``grad_clip`` is 0: no clipping, nothing computed).
-
-    * ``norm``: ``g <- g * min(1, grad_clip / ||g||_2)`` over all parameters together
-      (``clip_grad_norm_``); the direction is kept.
-    * ``value``: ``g_i <- clamp(g_i, -grad_clip, grad_clip)`` per element, the authors'
-      ``tf.clip_by_value`` in WorldModelsExperiments ``carracing/rnn/rnn.py``.
-
-    Measured (config ``grad_clip_mode``; 40 random-policy CarRacing episodes of 300 steps,
-    a V of 200 steps, M at 256 units, 16 x 100 transitions, 300 steps, seeds 0 and 1):
-    val NLL 0.9209 / 0.9139 nats per dim with ``norm``, 0.9209 / 0.9143 with ``value``. At
-    the paper's 1.0 neither engages much (M's gradient norm stayed around 0.2 to 0.5), so
-    they tie; ``norm`` stays the default (no worse, and what earlier M's trained with).
-    """
-    if grad_clip <= 0:
-        return None
-    params = [p for p in parameters if p.grad is not None]
-    if mode == "norm":
-        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if mode == "value":
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        torch.nn.utils.clip_grad_value_(params, grad_clip)
-        return norm
-    raise ConfigError(f"grad_clip_mode must be 'norm' or 'value', got {mode!r}")
-
-
-@dataclass
-class Baselines:
-    """Predictors that ignore the past, fitted on the training latents.
-
-    ``z_mean``, ``z_var`` (D,): one Gaussian per latent dimension, the moments of V's
-    aggregate posterior over the training steps (the maximum-likelihood Gaussian for ``z``
-    resampled from ``N(mu, sigma^2)``); ``code_logprob`` (K,): the log of the add-one
-    smoothed code frequencies (discrete latents); ``reward_mean``: mean reward;
-    ``done_rate``: fraction of steps that ended an episode by termination.
-    """
-
-    reward_mean: float
-    done_rate: float
-    z_mean: torch.Tensor | None = None
-    z_var: torch.Tensor | None = None
-    code_logprob: torch.Tensor | None = None
-
-    @classmethod
-    def fit(cls, seqs: LatentSequences) -> Baselines:
-        """Fit on every step of the (usable) episodes of ``seqs``; fp64 sums."""
-        dev = seqs.device
-        sums: dict[str, torch.Tensor] = {}
-        codes = seqs.data.kind == "codes"
-
-        def add(key: str, value: torch.Tensor) -> None:
-            sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64, device=dev)) + value
-
-        for j in range(len(seqs.episodes)):
-            ep = seqs.episode_tensors(j)
-            add("steps", torch.tensor(float(len(ep["rewards"])), dtype=torch.float64, device=dev))
-            add("reward", ep["rewards"].double().sum())
-            add("done", ep["terminated"].double().sum())
-            if codes:
-                add("counts", torch.bincount(ep["codes"].reshape(-1).long(),
-                                             minlength=seqs.data.codebook_size).double())
-            else:
-                mu, var = ep["mu"].double(), ep["logvar"].double().exp()
-                add("mu", mu.sum(0))
-                add("second", (mu.square() + var).sum(0))
-        n = sums["steps"].clamp_min(1)
-        out = cls(reward_mean=float(sums["reward"] / n), done_rate=float(sums["done"] / n))
-        if codes:
-            counts = sums["counts"] + 1.0
-            out.code_logprob = (counts / counts.sum()).log().float()
-        else:
-            mean = sums["mu"] / n
-            out.z_mean = mean.float()
-            out.z_var = (sums["second"] / n - mean.square()).clamp_min(1e-8).float()
-        return out
-
-    def nll(self, target: torch.Tensor) -> torch.Tensor:
-        """(B, L) NLL of ``target`` (B, L, D) z or (B, L, cells) codes, as
-        :func:`_next_latent_nll` (nats per dimension / per cell)."""
-        if self.code_logprob is not None:
-            return -self.code_logprob[target].mean(-1)
-        var = self.z_var
-        return (0.5 * torch.log(2 * math.pi * var)
-                + (target - self.z_mean).square() / (2 * var)).mean(-1)
-
-    def done_prob(self) -> float:
-        return min(max(self.done_rate, _MIN_PROB), 1 - _MIN_PROB)
-
-    def to(self, device: torch.device) -> Baselines:
-        return dataclasses.replace(self, **{
-            k: getattr(self, k).to(device) for k in ("z_mean", "z_var", "code_logprob")
-            if getattr(self, k) is not None})
-
-
-@torch.no_grad()
-def init_heads(model: nn.Module, baselines: Baselines) -> None:
-    """Start the reward and done heads at the baselines: bias = mean reward and
-    ``logit(done rate)`` (Karpathy's "init well" recipe). Dones are rare (at most one step
-    per episode): from a bias of 0 (p = 0.5) the done head would spend its first hundreds of
-    steps only learning the base rate, and its early loss would swamp the others."""
-    if model.reward_head is not None:
-        model.reward_head.bias.fill_(baselines.reward_mean)
-    if model.done_head is not None:
-        p = baselines.done_prob()
-        model.done_head.bias.fill_(math.log(p / (1 - p)))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, seqs: LatentSequences, batch_size: int, baselines: Baselines,
-             generator: torch.Generator | None = None, reward_weight: float = 1.0,
-             done_weight: float = 1.0, done_pos_weight: float = 1.0) -> dict[str, float]:
-    """M and the baselines on every window of ``seqs`` (offset 0), same targets for both,
-    means over the real (unpadded) steps; ``val/done_bce`` and ``val/loss`` weight the done
-    steps by ``done_pos_weight`` as training does, the baseline's BCE is unweighted.
-
-    :param model: the un-compiled M; put in eval mode here (and restored after).
-    :param generator: draws the target and input ``z`` (fix its seed to compare passes).
-    :return: ``val/nll`` (nats per latent dim or per cell), ``val/reward_mse``,
-        ``val/done_bce``, ``val/done_accuracy``, ``val/loss`` (the training objective) and
-        ``baseline/nll``, ``baseline/reward_mse``, ``baseline/done_bce``,
-        ``baseline/done_accuracy``; empty when ``seqs`` has no window.
-    """
-    if len(seqs) == 0:
-        return {}
-    dev = seqs.device
-    base = baselines.to(dev)
-    p = base.done_prob()
-    totals: dict[str, torch.Tensor] = {}
-
-    def add(key: str, value: torch.Tensor) -> None:
-        totals[key] = totals.get(key, 0.0) + value.double().sum()
-
-    with eval_mode(model):
-        for rows in seqs.in_order(batch_size):
-            batch = seqs.batch(rows, generator)
-            x = _inputs(batch)
-            with autocast(x.device):
-                out = model(x[:, :-1], batch["actions"])
-            reward, done = batch["rewards"], batch["dones"]
-            real = batch.get("mask", torch.ones_like(batch["next_valid"]))
-            valid = batch["next_valid"] & real
-
-            def real_sum(key: str, value: torch.Tensor, where: torch.Tensor = real) -> None:
-                add(key, torch.where(where, value, 0.0))
-
-            add("valid", valid)
-            add("steps", real)
-            real_sum("nll", _next_latent_nll(out, x[:, 1:]), valid)
-            real_sum("base_nll", base.nll(x[:, 1:]), valid)
-            real_sum("reward_se", (out.reward - reward).square())
-            real_sum("base_reward_se", (base.reward_mean - reward).square())
-            real_sum("done_bce", _done_bce(out.done_logit, done, done_pos_weight))
-            real_sum("base_done_bce", -(done * math.log(p) + (1 - done) * math.log(1 - p)))
-            real_sum("done_correct", ((out.done_logit > 0).float() == done).float())
-            real_sum("base_done_correct",
-                     (torch.full_like(done, float(p >= 0.5)) == done).float())
-    valid, steps = float(totals["valid"]), max(float(totals["steps"]), 1.0)
-    metrics = {
-        "val/nll": float(totals["nll"]) / max(valid, 1),
-        "val/reward_mse": float(totals["reward_se"]) / steps,
-        "val/done_bce": float(totals["done_bce"]) / steps,
-        "val/done_accuracy": float(totals["done_correct"]) / steps,
-        "baseline/nll": float(totals["base_nll"]) / max(valid, 1),
-        "baseline/reward_mse": float(totals["base_reward_se"]) / steps,
-        "baseline/done_bce": float(totals["base_done_bce"]) / steps,
-        "baseline/done_accuracy": float(totals["base_done_correct"]) / steps,
-    }
-    metrics["val/loss"] = (metrics["val/nll"] + reward_weight * metrics["val/reward_mse"]
-                           + done_weight * metrics["val/done_bce"])
-    return metrics
 
 
 # ------------------------------------------------------------------------------ figure
 
-
-def _decode(vae: nn.Module, latent: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """(N, D) z or (N, cells) codes -> (N, 3, 64, 64) float in [0, 1]."""
-    with autocast(latent.device):
-        if hasattr(vae, "decode_codes"):
-            return vae.decode_codes(latent.long().reshape(len(latent), *grid)).float()
-        return vae.decode(latent).float()
-
-
-@torch.no_grad()
-def prediction_strip(model: nn.Module, vae: nn.Module, seqs: LatentSequences,
-                     rollouts: RolloutDataset | None = None, temperature: float = 1.0,
-                     generator: torch.Generator | None = None,
-                     steps: int = STRIP_STEPS, context: int = STRIP_CONTEXT) -> torch.Tensor | None:
-    """Rows of ``steps`` frames ``t = s+1 .. s+steps`` of the first episode of ``seqs``
-    (``s`` a third into it): the real frames (when ``rollouts`` is given), V's
-    reconstructions (of ``mu``, or of the codes), M's one-step predictions from the real
-    inputs (mean of the most likely component / most likely code) and M's open-loop
-    predictions: after ``context`` real inputs M is fed its own samples at
-    ``temperature`` (columns predicted from real inputs are dimmed).
-
-    :return: (rows, n, 3, 64, 64) float in [0, 1] (rows: 4, or 3 without ``rollouts``);
-        None when ``seqs`` has no episode.
-    """
-    if len(seqs.episodes) == 0:
-        return None
-    j = 0
-    T = int(seqs.lengths[j])
-    if T < 2:  # one frame: nothing to predict
-        return None
-    n = min(steps, T - 1)
-    s = min(T // 3, T - 1 - n)
-    ep = seqs.episode_tensors(j)
-    discrete = seqs.data.kind == "codes"
-    latent = (ep["codes"].long() if discrete else ep["mu"])[s:s + n + 1]  # (n+1, D)
-    actions = ep["actions"][s:s + n]  # (n, 3)
-    grid = seqs.data.latent_shape
-    sample = sample_next_codes if discrete else sample_next
-    rows = []
-    k = int(seqs.episodes[j])
-    if rollouts is not None and k < len(rollouts) and rollouts.seeds[k] == seqs.data.seeds[k]:
-        frames = torch.from_numpy(rollouts.read(k, "frames", s + 1, s + n + 1))
-        rows.append(frames.to(latent.device).movedim(-1, -3).float() / 255.0)
-    with eval_mode(model), eval_mode(vae):
-        rows.append(_decode(vae, latent[1:], grid))
-        with autocast(latent.device):
-            out = model(latent[None, :n], actions[None])
-        rows.append(_decode(vae, sample(out, 0.0)[0], grid))
-        c = max(1, min(context, n))
-        with autocast(latent.device):
-            out = model(latent[None, :c], actions[None, :c])
-        predicted = [sample(out, temperature, generator)[0]]  # (c, D): from real inputs
-        z, state = predicted[0][-1:], out.state
-        for t in range(c, n):
-            with autocast(latent.device):
-                o, state = model.step(z, actions[None, t], state)
-            z = sample(o, temperature, generator)  # (1, D): fed back next step
-            predicted.append(z)
-        open_loop = _decode(vae, torch.cat(predicted), grid)
-        open_loop[:c] *= 0.5
-        rows.append(open_loop)
-    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------- training
@@ -616,7 +265,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
         seed_everything(m.seed)
         model = model_from_latents(m, data).to(device)
         init_heads(model, baselines)
-        model_config = _model_config(model)
+        model_config = mdnrnn_model_config(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=m.lr, fused=fused_adam(device))
         nll_fn = mixture_loss_fn(m, latent_dim=data.latent_dim)
         params = count_parameters(model)
@@ -768,36 +417,4 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
 # ----------------------------------------------------------------------------- loading
 
 
-def _checkpoint_path(run_dir: str | Path) -> Path:
-    stage_dir = Path(run_dir) / STAGE
-    for name in (CheckpointManager.BEST, CheckpointManager.LAST):
-        if (stage_dir / name).exists():
-            return stage_dir / name
-    raise DataError(f"no trained M in {stage_dir}: run scripts/train_mdnrnn.py --run "
-                    f"{run_dir} first")
 
-
-def load_mdnrnn(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """M of a run, rebuilt from ``<run>/mdnrnn/best.pt`` (else ``last.pt``) alone.
-
-    :return: :class:`~worldmodels.memory.MDNRNN` (or :class:`DiscreteMDNRNN` for VQ-VAE
-        latents) in eval mode on ``device``.
-    :raises DataError: no checkpoint, or an unreadable one.
-    """
-    device = resolve_device(device)
-    checkpoint = load_checkpoint(_checkpoint_path(run_dir), kind=STAGE, map_location=device)
-    net = build_mdnrnn(checkpoint["model_config"])
-    net.load_state_dict(checkpoint["state_dict"])
-    return net.to(device).eval()
-
-
-def mdnrnn_info(run_dir: str | Path) -> dict[str, Any]:
-    """What M of a run was trained on: ``vae_model`` (the V to decode its latents with,
-    :func:`~worldmodels.train.vae.load_vae`), ``vae`` (that V's identity), ``temperature``,
-    ``step`` and ``metrics`` of the loaded checkpoint (best.pt, else last.pt)."""
-    checkpoint = load_checkpoint(_checkpoint_path(run_dir), kind=STAGE)
-    extra = checkpoint.get("extra") or {}
-    vae = extra.get("vae") or {}
-    return {"vae_model": vae.get("model"), "vae": vae,
-            "temperature": (extra.get("train") or {}).get("temperature"),
-            "step": int(checkpoint["step"]), "metrics": checkpoint["metrics"]}

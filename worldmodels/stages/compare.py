@@ -7,7 +7,7 @@ judged on the *held-out* episodes (the split of :func:`split_episodes`, the one 
 * **Reconstruction** (encoders only): MSE per pixel and PSNR of held-out frames through
   the encoder and decoder (the VAEs decode their posterior mean).
 * **Likelihood** (VAEs): ELBO in nats per frame and bits per dimension, with the
-  Gaussian decoder documented in :mod:`worldmodels.train.vae`.
+  Gaussian decoder documented in :mod:`worldmodels.stages.train_vae`.
 * **Codes** (VQ-VAE): perplexity and the fraction of the codebook used over the whole
   held-out set, not per batch.
 * **Sample quality**, all at one fixed sample count: Fréchet distance (Heusel et al.
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels.config import Config, save_resolved
+from worldmodels.config import Config, save_stage_config
 from worldmodels.data.datasets import RolloutDataset, split_episodes
 from worldmodels.errors import DataError
-from worldmodels.generative.metrics import psnr
+from worldmodels.metrics.generative import psnr
 from worldmodels.utils.images import make_grid, save_png
 from worldmodels.utils.io import atomic_write_text, ensure_dir
 from worldmodels.utils.torch import resolve_device
@@ -104,7 +104,7 @@ def _sample(name: str, run_dir: Path, model: torch.nn.Module | None, n: int, see
             device: torch.device) -> np.ndarray:
     """``n`` samples (n, 64, 64, 3) uint8 from a model."""
     if name == "gan":
-        from worldmodels.train.gan import sample_gan
+        from worldmodels.stages.train_gan import sample_gan
 
         return sample_gan(run_dir, n, seed=seed, device=device)
     gen = torch.Generator().manual_seed(seed)
@@ -113,7 +113,7 @@ def _sample(name: str, run_dir: Path, model: torch.nn.Module | None, n: int, see
     for i in range(0, n, 256):
         m = min(256, n - i)
         if name == "vqvae":
-            from worldmodels.train.vae import load_code_prior
+            from worldmodels.run import load_code_prior
 
             prior = load_code_prior(run_dir, device)
             if prior_gen is None:  # the prior samples on its device: a generator there
@@ -134,7 +134,7 @@ def _interpolations(name: str, run_dir: Path, model: torch.nn.Module | None,
     t = torch.linspace(0, 1, SHOWN, device=device)[:, None]
     if name == "gan":
         from worldmodels.generative.gan import from_gan_range
-        from worldmodels.train.gan import load_gan
+        from worldmodels.stages.train_gan import load_gan
 
         gan = load_gan(run_dir, device)
         z = gan.sample_latent(2, generator=torch.Generator().manual_seed(seed))  # (2, L)
@@ -246,7 +246,8 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
 
     :return: the report dict (also written as ``<run>/compare/report.json``).
     """
-    from worldmodels.generative.features import (
+    from worldmodels.generative.objective import Objective
+    from worldmodels.metrics.features import (
         RandomFeatureNet,
         extract_features,
         load_feature_net,
@@ -254,8 +255,9 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
         save_feature_net,
         train_feature_net,
     )
-    from worldmodels.train.gan import train_gan
-    from worldmodels.train.vae import Objective, evaluate, load_vae, train_vae
+    from worldmodels.run import load_vae
+    from worldmodels.stages.train_gan import train_gan
+    from worldmodels.stages.train_vae import evaluate, train_vae
 
     c = cfg.compare
     run_dir = Path(run_dir)
@@ -274,7 +276,7 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
             sub = copy.deepcopy(cfg)
             sub.vae.model = name
             summaries[name] = train_vae(sub, run_dir, progress=progress)
-    save_resolved(cfg, run_dir)
+    save_stage_config(cfg, run_dir, "compare")
 
     # 2. held-out frames (the V split) and the real floor's training frames
     rollouts = RolloutDataset(run_dir)

@@ -46,9 +46,9 @@ from torch import nn
 
 from worldmodels.data.datasets import RolloutDataset
 from worldmodels.errors import DataError
-from worldmodels.generative.metrics import (
+from worldmodels.metrics.generative import (
     frechet_distance,
-    kernel_inception_distance,
+    kernel_distance,
     precision_recall,
 )
 from worldmodels.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -438,7 +438,7 @@ def sample_quality(
         else:
             real = extract_features(net, real_frames[:n], batch_size, device)
         fake = extract_features(net, fake_frames[:n], batch_size, device)
-        kid, kid_std = kernel_inception_distance(real, fake, kid_subsets, kid_subset_size, seed)
+        kid, kid_std = kernel_distance(real, fake, kid_subsets, kid_subset_size, seed)
         precision, recall = precision_recall(real, fake, k=k, device=device)
         results[name] = {
             "fd": frechet_distance(real, fake),

@@ -6,7 +6,7 @@ Distribution distances between two sets of feature vectors (one row per image):
   ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})``; in the features of an Inception
   network it is the FID of Heusel et al., *GANs Trained by a Two Time-Scale Update Rule
   Converge to a Local Nash Equilibrium* (NeurIPS 2017, arXiv:1706.08500).
-* :func:`kernel_inception_distance`: the unbiased squared MMD with the cubic polynomial
+* :func:`kernel_distance`: the unbiased squared MMD with the cubic polynomial
   kernel ``k(x, y) = (x . y / d + 1)^3``, averaged over random subsets; the KID of Bińkowski
   et al., *Demystifying MMD GANs* (ICLR 2018, arXiv:1801.01401). Unlike FD it has an unbiased
   estimator, so its value does not drift with the sample count.
@@ -17,7 +17,7 @@ Distribution distances between two sets of feature vectors (one row per image):
   (fidelity), recall the share of real points inside the generated one (coverage).
 
 FD is biased in the sample count (it grows as N shrinks), so compare models only at one
-fixed N. The feature networks themselves live in :mod:`worldmodels.generative.features`.
+fixed N. The feature networks themselves live in :mod:`worldmodels.metrics.features`.
 
 Per-image reconstruction metrics: :func:`mse`, :func:`psnr`; and :func:`bits_per_dim`.
 
@@ -38,7 +38,7 @@ __all__ = [
     "gaussian_stats",
     "polynomial_kernel",
     "polynomial_mmd2",
-    "kernel_inception_distance",
+    "kernel_distance",
     "knn_radii",
     "precision_recall",
     "mse",
@@ -163,14 +163,16 @@ def polynomial_mmd2(feats_a: ArrayLike, feats_b: ArrayLike, degree: int = 3,
     return float(sum_aa / (m * (m - 1)) + sum_bb / (n * (n - 1)) - 2.0 * k_ab.sum() / (m * n))
 
 
-def kernel_inception_distance(
+def kernel_distance(
     feats_a: ArrayLike,
     feats_b: ArrayLike,
     num_subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel
+    """The kernel distance of KID (Bińkowski et al. 2018, arXiv:1801.01401), in whatever
+    feature space ``feats_a`` / ``feats_b`` come from (here the in-project feature nets, not
+    an Inception network): unbiased MMD^2, cubic polynomial kernel
     ``k(x, y) = (x . y / F + 1)^3``, averaged over random subsets.
 
     Each of ``num_subsets`` rounds draws ``subset_size`` rows of each set without

@@ -91,8 +91,8 @@ def _stage_checkpoint(run: Path, stage: str, fix: str) -> Path:
 
 def _sources(run: Path) -> dict[str, Any]:
     """What is exported, checked to exist and to fit together before anything is written."""
-    from worldmodels.control.agent import CONTROLLER_KIND
-    from worldmodels.train.mdnrnn import STAGE, mdnrnn_info
+    from worldmodels.run import CONTROLLER_KIND, mdnrnn_info
+    from worldmodels.stages.train_mdnrnn import STAGE
 
     mdnrnn = _stage_checkpoint(run, STAGE, f"scripts/train_mdnrnn.py --run {run}")
     vae_model = mdnrnn_info(run)["vae_model"] or "vae"
@@ -150,11 +150,12 @@ def _resave(source: Mapping[str, Any], net: nn.Module, path: Path, dtype: torch.
 
 def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path) -> dict[str, Any]:
     """V, M (fp16) and C (fp32) into ``tmp``; returns what the manifest says of them."""
-    from worldmodels.control.agent import CONTROLLER_KIND
     from worldmodels.control.controller import Controller
-    from worldmodels.data.latents import load_encoder, weights_sha256
-    from worldmodels.train.mdnrnn import STAGE, build_mdnrnn
-    from worldmodels.train.vae import build_model
+    from worldmodels.generative.registry import build_model
+    from worldmodels.memory.mdnrnn import build_mdnrnn
+    from worldmodels.run import CONTROLLER_KIND, load_encoder
+    from worldmodels.stages.train_mdnrnn import STAGE
+    from worldmodels.utils.checkpoint import weights_sha256
 
     vae_model, best = src["vae_model"], CheckpointManager.BEST
     v = load_checkpoint(src["vae"], kind="vae")
@@ -205,7 +206,7 @@ def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path) -> dict[str, 
 
 def _verify(run: Path, tmp: Path) -> None:
     """The export loads as a run does, and C's weights are the trained ones bit for bit."""
-    from worldmodels.control.agent import load_controller, load_world_model
+    from worldmodels.run import load_controller, load_world_model
 
     trained, _ = load_controller(run)
     exported, ckpt = load_controller(tmp)
@@ -307,12 +308,12 @@ def _export_curves(run: Path, history: Sequence[Mapping[str, Any]], out: Path
 def _export_video(run: Path, path: Path, seed: int, max_steps: int,
                   progress: bool) -> dict[str, Any]:
     """One real episode of the exported agent, as ``scripts/watch.py`` shows it."""
-    from worldmodels.control.agent import WorldModelAgent
-    from worldmodels.control.watch import real_episode
+    from worldmodels.run import load_agent
+    from worldmodels.stages.watch import real_episode
     from worldmodels.utils.progress import progress_bar
     from worldmodels.utils.video import VideoWriter
 
-    agent = WorldModelAgent.from_run(run, device="cpu")
+    agent = load_agent(run, device="cpu")
     total = 0.0
     with torch.no_grad(), VideoWriter(path, fps=50.0) as writer, \
             progress_bar(progress, total=max_steps + 1, desc="video", unit="frame") as bar:

@@ -1,1 +1,0 @@
-"""Training loops, one module per stage; models stay free of I/O."""
