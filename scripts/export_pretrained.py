@@ -33,12 +33,16 @@ def main() -> int:
                         help="track seed of the video's episode (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out (only once the new export is complete)")
+    parser.add_argument("--resumable", action="store_true",
+                        help="also export C's CMA-ES state (controller/last.pt, pickle-free), so "
+                             "that train_controller.py --run OUT continues the run")
     args = parser.parse_args()
 
     from worldmodels.stages.export import export_pretrained
 
     r = export_pretrained(args.run, args.out, video=args.video, video_seed=args.video_seed,
-                          overwrite=args.overwrite, progress=None)
+                          overwrite=args.overwrite, progress=None,
+                          resumable=args.resumable)
     for f in r["files"]:
         print(f"{f['bytes']:>12,}  {f['path']}")
     clip = r["video"]

@@ -288,6 +288,28 @@ def test_a_missing_stage_is_one_line_and_leaves_nothing(source, tmp_path, stage,
     assert not out.exists() and not list(tmp_path.glob("pretrained/*"))
 
 
+def test_a_resumable_export_continues_the_cma_es_run(source, tmp_path):
+    out = tmp_path / "campaign"
+    result = export_pretrained(source, out, video=False, resumable=True)
+    assert result["resumable"] and "controller/last.pt" in result["checkpoints"]
+    last = torch.load(out / "controller" / "last.pt", weights_only=True)  # no pickle payload
+    trained = load_checkpoint(source / "controller" / "last.pt")
+    assert last["extra"]["history"] == trained["extra"]["history"]
+    assert last["extra"]["world_model"]["mdnrnn"]["step"] == 7
+    assert last["extra"]["exported_from"]["world_model"] == trained["extra"]["world_model"]
+    # continuing on the export: generation 3 after the source's 2, its history kept
+    cfg = load_config(overrides={"controller": {**TINY, "generations": 3}})
+    s = train_controller(cfg, out, progress=False)
+    assert s["generations"] == 3
+    history = load_checkpoint(out / "controller" / "last.pt")["extra"]["history"]
+    assert [h["generation"] for h in history] == [0, 1, 2, 3]  # 0: the held-out start
+    assert history[:3] == trained["extra"]["history"]
+    # without --resumable there is no ES state to continue from: a fresh run would start
+    plain = tmp_path / "plain"
+    export_pretrained(source, plain, video=False)
+    assert not (plain / "controller" / "last.pt").exists()
+
+
 def test_video_is_one_real_episode_side_by_side(source, tmp_path):
     out = tmp_path / "carracing"
     result = export_pretrained(source, out, video=True, video_seed=2, video_max_steps=4)

@@ -395,10 +395,45 @@ def _put_in_place(tmp: Path, out: Path) -> None:
 # ------------------------------------------------------------------------------ export
 
 
+def _export_es_state(run: Path, tmp: Path, vae_model: str) -> dict[str, Any]:
+    """``controller/last.pt`` with its CMA-ES state (pickle-free tensors), for
+    ``train_controller.py --run OUT`` to continue from: its world model identity is rewritten
+    to the exported V and M (rounded to fp16: from here on C trains on those), the rest (ES
+    state, RNG, history) is the trained run's, unchanged."""
+    from worldmodels.run import CONTROLLER_KIND
+    from worldmodels.stages.train_controller import _stage_identity
+    from worldmodels.utils.io import atomic_path
+
+    source = run / CONTROLLER_KIND / CheckpointManager.LAST
+    if not source.exists():
+        raise DataError(f"cannot export {run} resumably: no {source} (the CMA-ES state); "
+                        "train C first or export without --resumable")
+    ckpt = load_checkpoint(source, kind=CONTROLLER_KIND)
+    extra = dict(ckpt.get("extra") or {})
+    before = extra.get("world_model")
+    extra["world_model"] = {"vae_model": vae_model,
+                            "vae": _stage_identity(tmp, vae_model),
+                            "mdnrnn": _stage_identity(tmp, "mdnrnn")}
+    extra["exported_from"] = {"run": str(run), "world_model": before,
+                              "note": "V and M rounded to fp16 at export; the CMA-ES state "
+                                      "continues on them"}
+    ckpt["extra"] = extra
+    path = tmp / CONTROLLER_KIND / CheckpointManager.LAST
+    with atomic_path(path) as part:
+        torch.save(ckpt, part)
+    for name in ("metrics.jsonl", "hparams.json"):
+        if (run / CONTROLLER_KIND / name).exists():
+            shutil.copyfile(run / CONTROLLER_KIND / name, tmp / CONTROLLER_KIND / name)
+    return {"source": f"{CONTROLLER_KIND}/{CheckpointManager.LAST}", "kind": ckpt["kind"],
+            "step": int(ckpt["step"]), "dtype": "float64 (CMA-ES state), float32 (C)",
+            "dropped": ["optimizer", "scheduler"]}
+
+
 def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                       = DEFAULT_OUT, *, video: bool = True, video_seed: int = 0,
                       video_max_steps: int = 1000, overwrite: bool = False,
-                      progress: bool | None = False) -> dict[str, Any]:
+                      progress: bool | None = False, resumable: bool = False
+                      ) -> dict[str, Any]:
     """Write ``run_dir``'s V, M, C, config, training curves and a video to ``out_dir``
     (layout in the module docstring), atomically.
 
@@ -408,6 +443,8 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     :param overwrite: replace an existing ``out_dir`` (once the new export is complete).
     :param progress: one line per part and a bar for the video on stderr (None: on a
         terminal only).
+    :param resumable: also ``controller/last.pt`` with the CMA-ES state (and C's log), so
+        that ``train_controller.py --run OUT`` continues the run (on the fp16 V and M).
     :return: the manifest (as ``MANIFEST.json``) with ``out`` and ``bytes`` (the total).
     :raises DataError: a missing stage (naming the file and the script to run), V, M and C
         that do not fit together, an existing ``out_dir`` without ``overwrite``.
@@ -442,6 +479,9 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         say(f"V ({src['vae_model']}), M: fp16; C: fp32 <- {run}")
         checkpoints = _export_checkpoints(src, run, tmp)
         _verify(run, tmp)
+        if resumable:
+            say("C's CMA-ES state (resumable)")
+            checkpoints["controller/last.pt"] = _export_es_state(run, tmp, src["vae_model"])
         shutil.copyfile(src["config"], tmp / "config.json")
         say("training curves")
         curves = _export_curves(run, _history(src["controller"]), tmp / CURVES)
@@ -461,7 +501,7 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
                           else bool(status)),
             "worldmodels_version": worldmodels.__version__, "torch_version": str(torch.__version__),
             "vae_model": src["vae_model"], "checkpoints": checkpoints,
-            "curves": curves, "video": clip, "files": files,
+            "curves": curves, "video": clip, "files": files, "resumable": resumable,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _put_in_place(tmp, out)
