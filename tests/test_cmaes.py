@@ -259,16 +259,17 @@ def test_a_crashed_or_hung_worker_does_not_corrupt_a_generation(tmp_path, bundle
 
 
 def test_a_slow_worker_is_never_killed_for_being_slow(tmp_path, bundle, reference, monkeypatch):
-    """A worker that becomes slow (0.25 s more per step) takes ~7 s for its task, far longer
-    than worker_timeout=2 s, but it keeps stepping: it is not replaced, the results equal an
-    undisturbed run."""
+    """A worker that becomes slow (0.25 s more per step) takes ~7 s for its task, longer
+    than worker_timeout=5 s, but it keeps stepping: it is not replaced, the results equal an
+    undisturbed run. (5 s, not less: on a 2-core machine loaded by other jobs a heartbeat
+    can lag a second or two behind the step.)"""
     flag = tmp_path / "fault.flag"
     monkeypatch.setenv("WORLDMODELS_FAULT", f"slow:{flag}")
     params, specs = some_episodes()
-    with LocalBackend(bundle, workers=2, envs_per_worker=2, worker_timeout=2.0) as backend:
+    with LocalBackend(bundle, workers=2, envs_per_worker=2, worker_timeout=5.0) as backend:
         t0 = time.monotonic()
         results = backend.run(params, specs, max_steps=30)
-        assert time.monotonic() - t0 > 2.0 * 2  # really slower than the timeout
+        assert time.monotonic() - t0 > 5.0  # really slower than the timeout
         assert backend.restarts == 0
     assert flag.exists()
     assert results == reference

@@ -69,6 +69,16 @@ class CollectConfig:
     action_repeat: int = _f(
         1, "frames each action is held for; only every k-th frame is stored (with the summed "
         "reward): V, M and C then all work at one decision per k frames (1: the paper)")
+    agent: str = _f(
+        "", "a run directory whose agent (V, M and C) drives episodes agent_from, ... instead "
+        "of the exploration policy: the paper's iterative training (collect with the current "
+        "C, retrain M); its world model's action repeat must be action_repeat ('': none)")
+    agent_from: int = _f(
+        0, "first episode the agent drives; a dataset of the exploration policy with at most "
+        "this many episodes is extended by the agent's episodes")
+    agent_noise: float = _f(
+        0.05, "exploration: std of the Gaussian added to C's parameters, drawn per episode "
+        "from its seed")
     workers: int = _f(0, "worker processes; 0 means one per available CPU core")
     backend: str = _f(
         "local", "'local' (process pool) or 'ray' (a Ray cluster, see --address)",

@@ -52,9 +52,12 @@ DATASET_NAME = "rollouts.h5"
 PARTS_DIR = "rollouts.parts"
 FIELDS = ("frames", "actions", "rewards", "terminated", "truncated")
 # Collection settings that change the data; the others (workers, backend, ...) do not.
-DATA_KEYS = ("seed", "max_steps", "policy", "brownian_dt", "domain_randomize", "action_repeat")
+DATA_KEYS = ("seed", "max_steps", "policy", "brownian_dt", "domain_randomize", "action_repeat",
+             "agent", "agent_from", "agent_noise")
+#: the data keys of the agent's episodes (iterative training)
+AGENT_KEYS = ("agent", "agent_from", "agent_noise")
 # What a dataset written before a data key existed was collected with.
-_OLD_DEFAULTS = {"action_repeat": 1}
+_OLD_DEFAULTS = {"action_repeat": 1, "agent": "", "agent_from": 0, "agent_noise": 0.0}
 
 
 
@@ -134,9 +137,20 @@ def stored_config(f: h5py.File) -> dict[str, Any]:
     return json.loads(f.attrs["config"])
 
 
-def _same_data(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [k for k in DATA_KEYS
-            if a.get(k, _OLD_DEFAULTS.get(k)) != b.get(k, _OLD_DEFAULTS.get(k))]
+def _same_data(a: dict[str, Any], b: dict[str, Any], episodes: int | None = None) -> list[str]:
+    """The data keys on which collection configs ``a`` (stored) and ``b`` differ. With
+    ``episodes``, only ``a``'s first ``episodes`` episodes matter: when ``a`` has no agent and
+    ``b``'s agent drives from ``agent_from >= episodes`` on, those episodes are the same
+    under both, and ``b`` extends ``a`` (the agent keys are then not a difference)."""
+    def get(c: dict[str, Any], k: str) -> Any:
+        return c.get(k, _OLD_DEFAULTS.get(k))
+
+    diff = [k for k in DATA_KEYS if get(a, k) != get(b, k)]
+    no_agent_data = not get(a, "agent") and (not get(b, "agent") or (
+        episodes is not None and episodes <= get(b, "agent_from")))
+    if no_agent_data:  # no agent drove any of these episodes: its settings do not matter
+        diff = [k for k in diff if k not in AGENT_KEYS]
+    return diff
 
 
 def _valid_part(path: Path, k: int, cfg: CollectConfig) -> bool:
@@ -144,7 +158,7 @@ def _valid_part(path: Path, k: int, cfg: CollectConfig) -> bool:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 return False
-            if _same_data(stored_config(f), dataclasses.asdict(cfg)):
+            if _same_data(stored_config(f), dataclasses.asdict(cfg), k + 1):
                 return False
             g = f[f"episodes/{episode_name(k)}"]
             return all(name in g for name in FIELDS)

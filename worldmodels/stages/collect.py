@@ -37,7 +37,7 @@ from worldmodels.data.rollouts import (
     write_part,
 )
 from worldmodels.data.store import missing_parts
-from worldmodels.errors import DataError, WorldModelsError
+from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.utils.io import ensure_dir, exclusive_lock, remove_stale_tmp
 from worldmodels.utils.parallel import (
     THREAD_ENV_VARS,
@@ -62,6 +62,61 @@ def make_env(cfg: CollectConfig):
                     disable_env_checker=cfg.action_repeat > 1)
 
 
+class AgentPolicy:
+    """A run's agent (V, M and C) driving, with C's parameters perturbed for the episode:
+    ``theta + agent_noise * N(0, I)``, drawn from the episode's seed. The paper's iterative
+    training (Ha & Schmidhuber 2018, sec. 5) collects new rollouts with the current C plus
+    exploration noise, so that M learns the states a good driver reaches. Parameter noise
+    keeps each episode's actions those of one controller (M sees what C does)."""
+
+    def __init__(self, agent: Any, seed: int, noise: float) -> None:
+        c = agent.controller
+        flat = c.get_flat()
+        rng = np.random.default_rng([seed, 0xA6E27])
+        self.controller = agent.make_controller(
+            flat + noise * rng.standard_normal(flat.shape),
+            hidden_layer=c.hparams["hidden_layer"],
+            use_hidden_state=c.hparams["use_hidden_state"])
+        self.agent = agent
+        agent.reset(1, seeds=[seed])
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        return self.agent.act(frame[None], controllers=[self.controller])[0]
+
+
+def _worker_agent(run: str) -> Any:
+    """The agent of ``run``, loaded once per worker process (one torch thread)."""
+    if _WORKER.get("agent_run") != run:
+        import torch
+
+        from worldmodels.run import load_agent
+
+        torch.set_num_threads(1)
+        _WORKER["agent"] = load_agent(run, device="cpu")
+        _WORKER["agent_run"] = run
+    return _WORKER["agent"]
+
+
+def check_agent(c: CollectConfig) -> None:
+    """The agent a collection config names can drive it: a run with V, M and C whose world
+    model decides at the collection's action repeat."""
+    if not c.agent:
+        return
+    if c.agent_from < 0 or not c.agent_noise >= 0:
+        raise ConfigError(f"collect.agent_from and agent_noise must be >= 0, got "
+                          f"{c.agent_from} and {c.agent_noise}")
+    from worldmodels.run import load_agent, world_action_repeat
+
+    if not Path(c.agent).is_dir():
+        raise DataError(f"collect.agent: no run directory {c.agent} (a run with V, M and C)")
+    load_agent(c.agent, device="cpu")  # a missing or broken stage fails here, in one line
+    k = world_action_repeat(c.agent)
+    if k != c.action_repeat:
+        raise ConfigError(f"collect.agent: the world model of {c.agent} decides every {k} "
+                          f"frames, the collection every {c.action_repeat}: pass "
+                          f"--action-repeat {k}")
+
+
 def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
     """Collect episode ``k``: track seed ``cfg.seed + k``, policy seeded by the same.
 
@@ -80,7 +135,9 @@ def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
     seed = cfg.seed + k
     try:
         obs, _ = env.reset(seed=seed)
-        policy = make_policy(cfg.policy, seed, k, cfg.brownian_dt)
+        policy = (AgentPolicy(_worker_agent(cfg.agent), seed, cfg.agent_noise)
+                  if cfg.agent and k >= cfg.agent_from
+                  else make_policy(cfg.policy, seed, k, cfg.brownian_dt))
         frames, actions, rewards, terms, truncs = [], [], [], [], []
         played = 0
         while played < cfg.max_steps:
@@ -263,6 +320,7 @@ def collect(cfg: Config, run_dir: str | os.PathLike[str], overwrite: bool = Fals
     Returns the dataset path.
     """
     c = cfg.collect
+    check_agent(c)
     run_dir = ensure_dir(run_dir)
     with _run_lock(run_dir):
         return _collect_locked(c, run_dir, overwrite, progress, on_episode)
@@ -279,7 +337,7 @@ def _collect_locked(c: CollectConfig, run_dir: Path, overwrite: bool, progress: 
         with open_rollouts(final) as f:
             stored = stored_config(f)
             n_old = int(f.attrs["num_episodes"])
-        diff = _same_data(stored, dataclasses.asdict(c))
+        diff = _same_data(stored, dataclasses.asdict(c), n_old)
         if diff:
             raise WorldModelsError(
                 f"{final} was collected with other settings ({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}); "
