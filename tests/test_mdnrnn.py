@@ -428,3 +428,20 @@ def test_sample_next_codes_temperature():
         assert codes.shape == (n, 1) and codes.dtype == torch.int64
         freq = torch.bincount(codes[:, 0], minlength=4).double() / n
         torch.testing.assert_close(freq, (logits.double() / tau).softmax(-1), atol=0.01, rtol=0)
+
+
+def test_predict_reads_the_heads_of_a_hidden_state_as_forward_does():
+    torch.manual_seed(3)
+    m = MDNRNN(latent_dim=4, hidden_dim=16, num_gaussians=3).eval()
+    z, a = torch.randn(2, 5, 4), torch.rand(2, 5, 3)
+    with torch.no_grad():
+        out = m(z, a)
+        hs, _ = m.lstm(torch.cat([z, a], -1))  # the LSTM's hidden states, independently
+        pred = m.predict(hs)
+    for name in ("logpi", "mu", "logsigma", "reward", "done_logit"):
+        torch.testing.assert_close(getattr(pred, name), getattr(out, name), rtol=1e-5,
+                                   atol=1e-6)
+    # and one step's new state gives the same prediction as step's output
+    with torch.no_grad():
+        step_out, (h, _) = m.step(z[:, 0], a[:, 0])
+        torch.testing.assert_close(m.predict(h).mu, step_out.mu)
