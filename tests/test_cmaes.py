@@ -133,6 +133,7 @@ def test_strategy_state_is_plain_data_on_the_same_trajectory(tmp_path):
     assert new_strategy(10, cfg).sigma == cfg.sigma0 and not np.any(new_strategy(10, cfg).mean)
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_training_resumes_after_an_interruption_on_the_same_trajectory(tmp_path, world,
                                                                       monkeypatch):
     full = train_controller(config(), new_run(tmp_path, world, "full"), progress=False)
@@ -194,6 +195,7 @@ def test_resuming_with_other_search_settings_is_refused(tmp_path, world):
         train_controller(config(generations=2), run, progress=False)
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_init_starts_the_search_at_a_trained_controller(tmp_path, world):
     """controller.init (dream pre-training, then real fine-tuning): generation 0's held-out
     score is that of the given C, CMA-ES's mean starts there, and a C of another shape or
@@ -242,6 +244,7 @@ def test_config_checks():
 # ----------------------------------------------------------------------------- backends
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 @pytest.mark.parametrize("fault", ["crash", "hang"])
 def test_a_crashed_or_hung_worker_does_not_corrupt_a_generation(tmp_path, bundle, reference,
                                                                  monkeypatch, fault):
@@ -258,6 +261,7 @@ def test_a_crashed_or_hung_worker_does_not_corrupt_a_generation(tmp_path, bundle
     assert results == reference
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_a_slow_worker_is_never_killed_for_being_slow(tmp_path, bundle, reference, monkeypatch):
     """A worker that becomes slow (0.25 s more per step) takes ~7 s for its task, longer
     than worker_timeout=5 s, but it keeps stepping: it is not replaced, the results equal an
@@ -294,6 +298,7 @@ def test_a_worker_exception_stops_the_run_with_its_traceback(bundle):
     assert "Traceback" in str(error.value) and backend.restarts == 0
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_ray_backend_on_a_local_cluster_gives_the_local_fitness(bundle, reference):
     ray = pytest.importorskip("ray")
     from worldmodels.parallel import RayBackend

@@ -141,6 +141,7 @@ def test_controller_action_repeat_must_be_the_world_models(world, tmp_path):
         train_controller(cfg, run, progress=False)
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_fitness_benchmark_rows_measure_the_levers(world):
     """Two rows (k=1 and k=4) on one worker: the same episodes give the same frames per
     generation, and the JSON summary's ratio is the faster row's frames/s over stock."""

@@ -9,6 +9,7 @@ from worldmodels.stages.collect import collect
 ray = pytest.importorskip("ray")
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_ray_backend_equals_local(tmp_path):
     over = {"episodes": 3, "max_steps": 30, "seed": 2}
     local = collect(load_config(overrides={"collect": {**over, "workers": 1}}),

@@ -142,6 +142,7 @@ def test_load_gan_reproduces_the_training_samples(trained):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 @pytest.mark.parametrize("in_memory", ["yes", "no"])
 def test_resume_equals_uninterrupted(rollouts, tmp_path, in_memory):
     """Stop at 7 steps (mid-epoch), resume to 14 == 14 steps at once, logs included."""

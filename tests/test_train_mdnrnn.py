@@ -127,6 +127,7 @@ def test_training_lowers_loss_and_writes_everything(tmp_path, source):
     assert (stage / "metrics.jsonl").read_text() == lines
 
 
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 @pytest.mark.parametrize("in_memory", ["yes", "no"])
 def test_resume_equals_uninterrupted(tmp_path, source, in_memory):
     # 7 steps (across the epoch end at 6), then resumed to 14, vs 14 at once

@@ -123,6 +123,7 @@ def test_training_lowers_loss_and_writes_everything(tmp_path, rollouts, model):
     ("betavae", {"capacity_max": 5.0, "capacity_steps": 10}),  # a step-dependent loss
     ("vqvae", {"dead_code_steps": 3, "prior_epochs": 1}),  # EMA + restarts (global RNG)
 ])
+@pytest.mark.slow  # end to end: several trainings or a cluster; runs in CI
 def test_resume_equals_uninterrupted(tmp_path, rollouts, model, settings):
     # 7 steps, then resumed to 14 (across the epoch end at 10), vs 14 at once
     stopped = new_run(tmp_path, rollouts, "stopped")
