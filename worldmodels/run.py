@@ -171,6 +171,10 @@ def load_mdnrnn(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.M
     device = resolve_device(device)
     checkpoint = load_checkpoint(checkpoint_path(run_dir, MDNRNN_KIND), kind=MDNRNN_KIND,
                                  map_location=device)
+    return _mdnrnn_from(checkpoint, device)
+
+
+def _mdnrnn_from(checkpoint: dict[str, Any], device: torch.device) -> nn.Module:
     net = build_mdnrnn(checkpoint["model_config"])
     net.load_state_dict(checkpoint["state_dict"])
     return net.to(device).eval()
@@ -180,7 +184,10 @@ def mdnrnn_info(run_dir: str | Path) -> dict[str, Any]:
     """What M of a run was trained on: ``vae_model`` (the V to decode its latents with),
     ``vae`` (that V's identity), ``temperature``, ``action_repeat`` (None when not recorded),
     ``step`` and ``metrics`` of the loaded checkpoint."""
-    checkpoint = load_checkpoint(checkpoint_path(run_dir, MDNRNN_KIND), kind=MDNRNN_KIND)
+    return _info_of(load_checkpoint(checkpoint_path(run_dir, MDNRNN_KIND), kind=MDNRNN_KIND))
+
+
+def _info_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     extra = checkpoint.get("extra") or {}
     vae = extra.get("vae") or {}
     return {"vae_model": vae.get("model"), "vae": vae,
@@ -200,8 +207,10 @@ def load_world_model(
     :raises DataError: a missing stage, or a V and an M that do not fit together.
     """
     device = resolve_device(device)
-    trained_on = mdnrnn_info(run_dir).get("vae_model")
-    mdnrnn = load_mdnrnn(run_dir, device)
+    checkpoint = load_checkpoint(checkpoint_path(run_dir, MDNRNN_KIND), kind=MDNRNN_KIND,
+                                 map_location=device)  # read once: M and what it was trained on
+    trained_on = _info_of(checkpoint).get("vae_model")
+    mdnrnn = _mdnrnn_from(checkpoint, device)
     if vae_model == "auto":
         vae_model = trained_on or "vae"
     elif trained_on is not None and trained_on != vae_model:

@@ -20,7 +20,7 @@ from worldmodels.control.dream_fitness import dream_rollout_returns
 from worldmodels.control.evaluation import EpisodeSpec, worker_bundle
 from worldmodels.errors import ConfigError
 from worldmodels.parallel import make_backend
-from worldmodels.run import load_controller, load_dream, load_world_model, world_action_repeat
+from worldmodels.run import load_controller, load_dream, world_action_repeat
 from worldmodels.seeds import training_track
 
 __all__ = ["dream_vs_real", "format_table"]
@@ -63,9 +63,8 @@ def dream_vs_real(run_dir: str | Path, episodes: int = 32, seed: int | None = No
                                           controller_kwargs=kwargs)[0]
     dream_frames = np.minimum(dream.lengths.cpu().numpy().astype(np.int64) * k, max_steps)
 
-    vae, mdnrnn, _ = load_world_model(run_dir, extra.get("vae_model", "auto"), "cpu")
     settings = extra.get("agent") or {}
-    bundle = worker_bundle(vae, mdnrnn, controller_kwargs=kwargs, action_repeat=k,
+    bundle = worker_bundle(dream.vae, dream.mdnrnn, controller_kwargs=kwargs, action_repeat=k,
                            precision=settings.get("precision", "fp32"),
                            z=settings.get("z", "mu"))
     specs = [EpisodeSpec(j, 0, seed + j) for j in range(episodes)]

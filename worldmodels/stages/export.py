@@ -81,12 +81,13 @@ _NOT_LOSSES = ("accuracy", "perplexity", "codes_used", "elbo", "bits_per_dim")
 
 def _stage_checkpoint(run: Path, stage: str, fix: str) -> Path:
     """``<run>/<stage>/best.pt``, else ``last.pt``; a one-line error naming the fix."""
-    found = next((run / stage / n for n in (CheckpointManager.BEST, CheckpointManager.LAST)
-                  if (run / stage / n).is_file()), None)
-    if found is None:
+    from worldmodels.run import checkpoint_path
+
+    try:
+        return checkpoint_path(run, stage)
+    except DataError:
         raise DataError(f"cannot export {run}: {run / stage / CheckpointManager.BEST} (or "
-                        f"{CheckpointManager.LAST}) is missing: run {fix} first")
-    return found
+                        f"{CheckpointManager.LAST}) is missing: run {fix} first") from None
 
 
 def _sources(run: Path) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from worldmodels.config import Config
-from worldmodels.errors import ConfigError
+from worldmodels.errors import ConfigError, DataError
+from worldmodels.run import CONTROLLER_KIND, checkpoint_path
 from worldmodels.utils.io import atomic_write_text, ensure_dir
 
 __all__ = ["STAGES", "run_pipeline", "format_table"]
@@ -54,11 +55,11 @@ def _signature(*paths: Path) -> tuple[int | None, ...]:
 
 def _controller_identity(run_dir: Path) -> dict[str, Any]:
     """Which controller checkpoint the evaluation, references and video were made with."""
-    for name in ("best.pt", "last.pt"):
-        path = run_dir / "controller" / name
-        if path.exists():
-            return {"file": name, "mtime_ns": path.stat().st_mtime_ns}
-    return {}
+    try:
+        path = checkpoint_path(run_dir, CONTROLLER_KIND)
+    except DataError:
+        return {}
+    return {"file": path.name, "mtime_ns": path.stat().st_mtime_ns}
 
 
 def _reference_returns(run_dir: Path, cfg: Config, episodes: int, seed: int,

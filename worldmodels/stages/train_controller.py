@@ -70,7 +70,12 @@ from worldmodels.control.es_state import strategy_from_state, strategy_state
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, worker_bundle
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.parallel import make_backend
-from worldmodels.run import CONTROLLER_KIND, load_world_model, world_action_repeat
+from worldmodels.run import (
+    CONTROLLER_KIND,
+    checkpoint_path,
+    load_world_model,
+    world_action_repeat,
+)
 from worldmodels.seeds import training_track
 from worldmodels.utils.checkpoint import CheckpointManager, restore_rng
 from worldmodels.utils.logs import RunLogger
@@ -187,13 +192,10 @@ def heldout_seeds(seed: int, episodes: int) -> list[int]:
 
 def _stage_identity(run_dir: Path, stage: str) -> dict[str, Any]:
     """Which checkpoint of V or M a controller was trained with (file, step, creation)."""
-    for name in (CheckpointManager.BEST, CheckpointManager.LAST):
-        path = run_dir / stage / name
-        if path.exists():
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return {"stage": stage, "file": name, "step": int(data["step"]),
-                    "created": float(data.get("created", 0.0))}
-    raise DataError(f"no checkpoint in {run_dir / stage}")
+    path = checkpoint_path(run_dir, stage)
+    data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"stage": stage, "file": path.name, "step": int(data["step"]),
+            "created": float(data.get("created", 0.0))}
 
 
 def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,

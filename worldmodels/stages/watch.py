@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodels.cli import summary
-from worldmodels.errors import WorldModelsError
+from worldmodels.errors import DataError, WorldModelsError
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 
 PANEL = 192  # side-by-side panel size (96 x 2, 64 x 3)
@@ -161,11 +161,13 @@ def _main(argv: list[str] | None = None) -> int:
     run = resolve_run(args.run)
     if args.episodes < 1 or args.max_steps < 1:
         raise WorldModelsError("--episodes and --max-steps must be >= 1")
-    if args.controller != "random" and not any(
-            (run / "controller" / name).exists() for name in ("best.pt", "last.pt")):
-        raise WorldModelsError(f"no trained controller in {run / 'controller'}: run "
-                               f"scripts/train_controller.py --run {run} first, or pass "
-                               "--controller random")
+    if args.controller != "random":
+        from worldmodels.run import CONTROLLER_KIND, checkpoint_path
+
+        try:
+            checkpoint_path(run, CONTROLLER_KIND)
+        except DataError as e:
+            raise WorldModelsError(f"{e}, or pass --controller random") from None
     save = Path(args.save) if args.save else None
     if save is not None and save.suffix.lower() not in (".mp4", ".gif"):
         raise WorldModelsError(f"--save {save}: the video must end in .mp4 or .gif")
