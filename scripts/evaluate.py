@@ -17,54 +17,38 @@ selection) uses the tracks above (worldmodels/seeds.py). Tracks inside the train
 inside the run's own collection range give a one-line warning on stderr.
 """
 
-import argparse
 import json
 import sys
 
-from worldmodels.cli import run_cli, summary
+from worldmodels.cli import build_parser, config_from_args, run_cli, summary
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 from worldmodels.seeds import training_overlap_warning
 from worldmodels.utils.parallel import single_threaded_process
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
-    parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
-                        help=f"run directory holding V, M and controller/ (default: "
-                             f"{DEFAULT_RUN}, here or in the repository root)")
-    parser.add_argument("--episodes", type=int, default=100,
-                        help="number of tracks (default: 100, the paper's protocol)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="first track seed: tracks S .. S+N-1 (default: 0; evaluation "
-                             "tracks are 0 .. 999,999,999, training tracks lie above)")
+    parser = build_parser(
+        summary(__doc__), ["evaluate"], run_default=DEFAULT_RUN,
+        run_help=f"run directory holding V, M and controller/ (default: {DEFAULT_RUN}, here or "
+                 "in the repository root)")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on the last line")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="worker processes (0: one per CPU core; 1: in this process)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="'local' process pool or 'ray' cluster")
-    parser.add_argument("--address", default="", help="Ray cluster address ('' starts one)")
-    parser.add_argument("--device", default="cpu", help="device of V and M: cpu, cuda, auto")
-    parser.add_argument("--max-steps", type=int, default=1000,
-                        help="steps per episode at most (1000, CarRacing-v3's episode; fewer "
-                             "gives returns that are not CarRacing-v3 scores)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="best.pt (held-out best; last.pt if none) or last.pt")
     args = parser.parse_args(argv)
+    e = config_from_args(args).evaluate
     # this process coordinates the workers, or with --workers 1 runs the episodes itself
     single_threaded_process()
     run = resolve_run(args.run)
-    warning = training_overlap_warning(args.seed, args.episodes, _collect_section(run))
+    warning = training_overlap_warning(e.seed, e.episodes, _collect_section(run))
     if warning:
         print(warning, file=sys.stderr)
 
     from worldmodels.stages.evaluate import evaluate
 
-    r = evaluate(run, args.episodes, args.seed, workers=args.workers,
-                 backend=args.backend, address=args.address, device=args.device,
-                 max_steps=args.max_steps, checkpoint=args.checkpoint)
+    r = evaluate(run, e.episodes, e.seed, workers=e.workers, backend=e.backend,
+                 address=e.address, device=e.device, max_steps=e.max_steps,
+                 checkpoint=e.checkpoint)
     print(f"{r['checkpoint']} (generation {r['generation']}) on {r['episodes']} tracks "
-          f"(seeds {args.seed}..{args.seed + args.episodes - 1}) in {r['env']}:")
+          f"(seeds {e.seed}..{e.seed + e.episodes - 1}) in {r['env']}:")
     print(f"return {r['mean']:.1f} ± {r['std']:.1f} (min {r['min']:.1f}, max {r['max']:.1f}); "
           f"{r['steps']} steps at {r['env_steps_per_s']:.0f} steps/s on {r['workers']} "
           f"worker(s)")

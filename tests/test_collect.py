@@ -53,6 +53,21 @@ def test_same_data_whatever_the_number_of_workers(reference, tmp_path):
     assert not (tmp_path / PARTS_DIR).exists()
 
 
+@pytest.mark.parametrize("fault", ["crash", pytest.param("hang", marks=pytest.mark.slow)])
+def test_a_dead_or_silent_worker_is_replaced_and_its_episode_collected_again(
+        reference, tmp_path, fault, monkeypatch, capfd):
+    """Collection runs on the stages' one worker pool: a worker that dies (os._exit) or stops
+    stepping in the middle of an episode is replaced, its episode is collected again, and the
+    dataset equals an undisturbed one."""
+    flag = tmp_path / "fault.flag"
+    monkeypatch.setenv("WORLDMODELS_FAULT", f"{fault}:{flag}")
+    timeout = 6.0 if fault == "hang" else 600.0
+    path = collect(cfg(workers=2, worker_timeout=timeout), tmp_path / "run", progress=False)
+    assert flag.exists(), "the fault never fired"
+    assert "a collection worker " + ("died" if fault == "crash" else "hung") in capfd.readouterr().err
+    assert_same_data(reference, path)
+
+
 def test_extending_equals_collecting_at_once(reference, tmp_path):
     collect(cfg(episodes=2, workers=1), tmp_path, progress=False)
     path = collect(cfg(workers=1), tmp_path, progress=False)

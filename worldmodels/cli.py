@@ -33,15 +33,18 @@ def _flag(name: str) -> str:
 
 
 def build_parser(description: str, sections: Sequence[str], run_required: bool = True,
-                 epilog: str | None = None
-                 ) -> argparse.ArgumentParser:
+                 epilog: str | None = None, run_default: str | None = None,
+                 run_help: str | None = None) -> argparse.ArgumentParser:
     """A parser with ``--run``, ``--preset``, ``--set`` and one flag per field of each
-    config section in ``sections`` (``--episodes`` sets ``collect.episodes``)."""
+    config section in ``sections`` (``--episodes`` sets ``collect.episodes``). With
+    ``run_default`` (the scripts that only read a run: evaluate, watch) ``--run`` is optional."""
     parser = argparse.ArgumentParser(
         description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", required=run_required, metavar="DIR",
-                        help="run directory (created if needed); every stage reads and writes here")
+    parser.add_argument(
+        "--run", required=run_required and run_default is None, default=run_default,
+        metavar="DIR",
+        help=run_help or "run directory (created if needed); every stage reads and writes here")
     presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none found"
     parser.add_argument("--preset", metavar="NAME|FILE",
                         help=f"config preset: a name in configs/ ({presets}) or a .toml path")

@@ -42,8 +42,6 @@ penalty, up to 100 points). The held-out score and ``evaluate.py`` never stop ea
 from __future__ import annotations
 
 import io
-import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -359,40 +357,3 @@ class WorkerState:
 
     def close(self) -> None:
         self.envs.close()
-
-
-
-def _fault_hook() -> Callable[[int], None] | None:
-    """Test hook: ``WORLDMODELS_FAULT=crash:PATH`` (or ``hang:PATH``, ``slow:PATH``) makes the
-    first worker that reaches lockstep step 3 of a task while ``PATH`` does not exist create
-    it and die (``os._exit``), hang, or from then on take :data:`SLOW_STEP_SECONDS` longer per
-    step (a slow or busy machine). Only evaluation workers read it, never the main process."""
-    spec = os.environ.get("WORLDMODELS_FAULT", "")
-    if ":" not in spec:
-        return None
-    mode, path = spec.split(":", 1)
-    slow = [False]
-
-    def hook(t: int) -> None:
-        if slow[0]:
-            time.sleep(SLOW_STEP_SECONDS)
-        if t != 3:
-            return
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        if mode == "crash":
-            os._exit(17)
-        if mode == "hang":
-            while True:
-                time.sleep(3600)
-        if mode == "slow":
-            slow[0] = True
-
-    return hook
-
-
-#: the extra seconds per lockstep step of a ``slow`` test fault
-SLOW_STEP_SECONDS = 0.25

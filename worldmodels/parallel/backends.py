@@ -1,10 +1,17 @@
-"""Where C's episodes run: this process, a pool of local worker processes, or a Ray cluster.
+"""The one worker pool of every stage: this process, local worker processes, or a Ray cluster.
 
-Ha & Schmidhuber (2018, arXiv:1803.10122) evaluate each CMA-ES generation (Hansen, *The CMA
-Evolution Strategy: A Tutorial*, 2016, arXiv:1604.00772) on 64 candidates x 16 episodes in
-parallel on many CPU cores. Every backend here takes a table of candidate parameter vectors and
-a list of :class:`~worldmodels.control.evaluation.EpisodeSpec` and returns one result per
-episode, in the order given, whatever the number of workers:
+Ha & Schmidhuber (2018, arXiv:1803.10122) collect 10,000 rollouts and evaluate each CMA-ES
+generation (Hansen, *The CMA Evolution Strategy: A Tutorial*, 2016, arXiv:1604.00772) on 64
+candidates x 16 episodes in parallel on many CPU cores. A backend runs *tasks* on workers:
+each worker builds its state once from a *bundle* of bytes sent at its start (``worker``, a
+picklable callable ``bundle -> state``; ``state.run(task, on_step)`` returns the task's results
+and calls ``on_step`` as it makes progress), and :meth:`EvaluationBackend.execute` hands the
+tasks out as workers become free. Collection runs its episodes this way
+(:class:`~worldmodels.stages.collect.CollectWorker`); C's evaluation is the default worker
+(:class:`~worldmodels.control.evaluation.WorkerState`): :meth:`EvaluationBackend.run` takes a
+table of candidate parameter vectors and a list of
+:class:`~worldmodels.control.evaluation.EpisodeSpec` and returns one result per episode, in the
+order given, whatever the number of workers:
 
 * the episodes are cut into *tasks* of ``envs_per_worker`` episodes; a worker runs a task's
   episodes in lockstep (:func:`~worldmodels.control.evaluation.run_episodes`), so that V and M
@@ -40,15 +47,16 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from worldmodels.control.evaluation import EpisodeResult, EpisodeSpec, WorkerState, _fault_hook
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils.parallel import single_threaded_children, usable_cores
 from worldmodels.utils.progress import progress_bar
+
+if TYPE_CHECKING:  # torch stays out of workers that do not need it (collection)
+    import numpy as np
+
+    from worldmodels.control.evaluation import EpisodeResult, EpisodeSpec
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -69,7 +77,57 @@ AUTO_ENVS_CAP = 32
 #: a busy worker reports its progress at most this often (seconds)
 HEARTBEAT_SECONDS = 1.0
 
-OnDone = Callable[[int, list[tuple]], None]
+OnDone = Callable[[int, Any], None]
+
+
+def _fault_hook() -> Callable[[int], None] | None:
+    """Test hook: ``WORLDMODELS_FAULT=crash:PATH`` (or ``hang:PATH``, ``slow:PATH``) makes the
+    first worker that reaches lockstep step 3 of a task while ``PATH`` does not exist create
+    it and die (``os._exit``), hang, or from then on take :data:`SLOW_STEP_SECONDS` longer per
+    step (a slow or busy machine). Only workers read it, never the main process."""
+    spec = os.environ.get("WORLDMODELS_FAULT", "")
+    if ":" not in spec:
+        return None
+    mode, path = spec.split(":", 1)
+    slow = [False]
+
+    def hook(t: int) -> None:
+        if slow[0]:
+            time.sleep(SLOW_STEP_SECONDS)
+        if t != 3:
+            return
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        if mode == "crash":
+            os._exit(17)
+        if mode == "hang":
+            while True:
+                time.sleep(3600)
+        if mode == "slow":
+            slow[0] = True
+
+    return hook
+
+
+#: the extra seconds per lockstep step of a ``slow`` test fault
+SLOW_STEP_SECONDS = 0.25
+
+
+def _evaluation_worker() -> Callable[[bytes], Any]:
+    from worldmodels.control.evaluation import WorkerState
+
+    return WorkerState
+
+
+def _set_torch_threads(worker: Any) -> None:
+    """One torch thread in a worker whose state uses torch (``uses_torch``, default true)."""
+    if getattr(worker, "uses_torch", True):
+        from worldmodels.utils.torch import set_threads
+
+        set_threads(1)
 
 
 class _Heartbeat:
@@ -93,7 +151,12 @@ class _Heartbeat:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def _torch_threads(n: int, worker: Any) -> Iterator[None]:
+    if not getattr(worker, "uses_torch", True):
+        yield
+        return
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -103,21 +166,29 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 class EvaluationBackend:
-    """Runs episodes on ``num_workers`` workers; subclasses implement :meth:`_execute`.
+    """Runs tasks on ``num_workers`` workers; subclasses implement :meth:`_execute`.
 
-    :param bundle: V and M for the workers (:func:`~worldmodels.control.evaluation.worker_bundle`).
-    :param envs_per_worker: episodes per task (one lockstep group); 0: automatic.
-    :param worker_timeout: seconds a busy worker may go without progress (a lockstep
-        decision) before it counts as hung.
+    :param bundle: what each worker builds its state from; for the default worker, V and M
+        (:func:`~worldmodels.control.evaluation.worker_bundle`).
+    :param envs_per_worker: episodes per task of :meth:`run` (one lockstep group); 0: automatic.
+    :param worker_timeout: seconds a busy worker may go without progress (``on_step``: a
+        lockstep decision) before it counts as hung.
+    :param worker: ``bundle -> state`` in each worker (a picklable class or function; default
+        :class:`~worldmodels.control.evaluation.WorkerState`); ``uses_torch = False`` on it keeps
+        torch out of the workers.
+    :param name: what messages call one worker.
     """
 
     num_workers: int = 1
 
     def __init__(self, bundle: bytes, envs_per_worker: int = 0,
-                 worker_timeout: float = 600.0) -> None:
+                 worker_timeout: float = 600.0, worker: Callable[[bytes], Any] | None = None,
+                 name: str = "an evaluation worker") -> None:
         self.bundle = bundle
         self.envs_per_worker = envs_per_worker
         self.worker_timeout = worker_timeout
+        self.worker = worker if worker is not None else _evaluation_worker()
+        self.name = name
         #: workers replaced after a crash or a hang, in total
         self.restarts = 0
 
@@ -135,6 +206,10 @@ class EvaluationBackend:
         :param params: (K, N) float64 flat controller parameters; ``spec.candidate`` is a row.
         :raises WorldModelsError: a task failed :data:`MAX_ATTEMPTS` times, or raised.
         """
+        import numpy as np
+
+        from worldmodels.control.evaluation import EpisodeResult
+
         params = np.asarray(params, dtype=np.float64)
         size = self.task_size(len(specs))
         tasks = []
@@ -165,23 +240,28 @@ class EvaluationBackend:
             raise WorldModelsError(f"{len(missing)} of {len(specs)} episodes have no result")
         return [done[s.key] for s in specs]
 
-    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+    def execute(self, tasks: Sequence[Any], on_done: OnDone) -> None:
+        """Run every task (each given to ``state.run`` in some worker); ``on_done(i, results)``
+        in this process as task ``i`` finishes, in any order. A task whose worker dies or goes
+        silent is run again on a fresh one (at most :data:`MAX_ATTEMPTS` times in all)."""
+        self._execute(list(tasks), on_done)
+
+    def _execute(self, tasks: list[Any], on_done: OnDone) -> None:
         raise NotImplementedError
 
     def _failed(self, attempts: list[int], task_id: int | None, what: str) -> None:
         """Count a lost task; raise when it has failed too often."""
         self.restarts += 1
         if task_id is None:
-            print(f"warning: an evaluation worker {what}; replaced", file=sys.stderr)
+            print(f"warning: {self.name} {what}; replaced", file=sys.stderr)
             return
         attempts[task_id] += 1
         if attempts[task_id] >= MAX_ATTEMPTS:
             raise WorldModelsError(
-                f"an evaluation worker {what} on the same task {attempts[task_id]} times in a "
-                "row; stopping rather than scoring the generation on fewer episodes (the last "
-                "checkpoint is intact: fix the cause and re-run the same command)")
-        print(f"warning: an evaluation worker {what}; replaced, its episodes are re-run",
-              file=sys.stderr)
+                f"{self.name} {what} on the same task {attempts[task_id]} times in a row; "
+                "stopping rather than going on without its results (finished work is saved: "
+                "fix the cause and re-run the same command)")
+        print(f"warning: {self.name} {what}; replaced, its task is run again", file=sys.stderr)
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
@@ -205,17 +285,18 @@ class InProcessBackend(EvaluationBackend):
     num_workers = 1
 
     def __init__(self, bundle: bytes, envs_per_worker: int = 0,
-                 worker_timeout: float = 600.0) -> None:
-        super().__init__(bundle, envs_per_worker, worker_timeout)
-        self._state: WorkerState | None = None
+                 worker_timeout: float = 600.0, worker: Callable[[bytes], Any] | None = None,
+                 name: str = "an evaluation worker") -> None:
+        super().__init__(bundle, envs_per_worker, worker_timeout, worker, name)
+        self._state: Any = None
 
-    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+    def _execute(self, tasks: list[Any], on_done: OnDone) -> None:
         from worldmodels.utils.parallel import set_numpy_blas_threads
 
         set_numpy_blas_threads(1)  # as a worker's; NumPy's are spinning threads otherwise
-        with _torch_threads(1):
+        with _torch_threads(1, self.worker):
             if self._state is None:
-                self._state = WorkerState(self.bundle)
+                self._state = self.worker(self.bundle)
             for task_id, task in enumerate(tasks):
                 on_done(task_id, self._state.run(task))
 
@@ -228,19 +309,18 @@ class InProcessBackend(EvaluationBackend):
 # ------------------------------------------------------------------------ local pool
 
 
-def _worker_main(conn: Any, bundle_path: str, core: int | None) -> None:
-    """A local evaluation worker: load V and M, say ready, then run tasks until told to stop."""
+def _worker_main(conn: Any, bundle_path: str, core: int | None, worker: Any) -> None:
+    """A local worker: build its state (for C's evaluation: load V and M), say ready, then run
+    tasks until told to stop."""
     # Ctrl-C reaches the whole process group: only the main process handles it (and stops
     # the workers), so no worker dies in the middle of a task on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if core is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {core})
-    from worldmodels.utils.torch import set_threads
-
-    set_threads(1)
+    _set_torch_threads(worker)
     with open(bundle_path, "rb") as f:
-        state = WorkerState(f.read())
+        state = worker(f.read())
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -268,11 +348,11 @@ def _remove_file(path: str) -> None:
 class _Worker:
     """One worker process of :class:`LocalBackend` and what it is doing."""
 
-    def __init__(self, ctx: Any, bundle_path: str, core: int | None) -> None:
+    def __init__(self, ctx: Any, bundle_path: str, core: int | None, worker: Any) -> None:
         self.conn, child = ctx.Pipe()
         # The bundle goes by file: a large argument would be written into the start-up pipe,
         # and CPython blocks for ever on that write if the child dies before reading it.
-        self.process = ctx.Process(target=_worker_main, args=(child, bundle_path, core),
+        self.process = ctx.Process(target=_worker_main, args=(child, bundle_path, core, worker),
                                    daemon=True)
         with single_threaded_children():
             self.process.start()
@@ -306,10 +386,11 @@ class LocalBackend(EvaluationBackend):
     """
 
     def __init__(self, bundle: bytes, workers: int = 0, envs_per_worker: int = 0,
-                 worker_timeout: float = 600.0) -> None:
+                 worker_timeout: float = 600.0, worker: Callable[[bytes], Any] | None = None,
+                 name: str = "an evaluation worker") -> None:
         import multiprocessing as mp
 
-        super().__init__(bundle, envs_per_worker, worker_timeout)
+        super().__init__(bundle, envs_per_worker, worker_timeout, worker, name)
         self.cores = usable_cores()
         self.num_workers = workers or len(self.cores)
         self._ctx = mp.get_context("spawn")
@@ -324,9 +405,10 @@ class LocalBackend(EvaluationBackend):
             self._remove_bundle = weakref.finalize(self, _remove_file, self._bundle_path)
             with os.fdopen(fd, "wb") as f:
                 f.write(self.bundle)
-        return _Worker(self._ctx, self._bundle_path, self.cores[slot % len(self.cores)])
+        return _Worker(self._ctx, self._bundle_path, self.cores[slot % len(self.cores)],
+                       self.worker)
 
-    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+    def _execute(self, tasks: list[Any], on_done: OnDone) -> None:
         from multiprocessing.connection import wait
 
         while len(self._workers) < min(self.num_workers, len(tasks)):
@@ -357,7 +439,7 @@ class LocalBackend(EvaluationBackend):
                         queue.appendleft(lost)
                     self._failed(attempts, lost, problem)
 
-    def _poll(self, w: _Worker, tasks: list[dict[str, Any]], on_done: OnDone) -> str | None:
+    def _poll(self, w: _Worker, tasks: list[Any], on_done: OnDone) -> str | None:
         """Handle what worker ``w`` sent; a description of its failure, or None."""
         try:
             while w.conn.poll():
@@ -375,7 +457,7 @@ class LocalBackend(EvaluationBackend):
                 else:
                     task_id, text = rest
                     raise WorldModelsError(
-                        f"an evaluation worker raised on task {task_id}:\n{text.rstrip()}")
+                        f"{self.name} raised on task {task_id}:\n{text.rstrip()}")
         except (EOFError, OSError):
             pass  # the process is gone: reported below with its exit code
         if not w.process.is_alive():
@@ -394,7 +476,7 @@ class LocalBackend(EvaluationBackend):
         self._start_failures += 1
         if self._start_failures >= MAX_ATTEMPTS:
             raise WorldModelsError(
-                f"evaluation workers cannot start: {self._start_failures} in a row "
+                f"{self.name.split(' ', 1)[1]}s cannot start: {self._start_failures} in a row "
                 f"{problem} (out of memory? a script calling this without an "
                 "`if __name__ == '__main__':` guard?)")
 

@@ -1,5 +1,5 @@
-"""C's episodes on a Ray cluster: one actor per CPU, the same tasks and recovery as the
-local pool (:mod:`~worldmodels.parallel.backends`).
+"""The worker pool on a Ray cluster: one actor per CPU, the same tasks and recovery as the
+local pool (:mod:`~worldmodels.parallel.backends`), for collection and for C's episodes.
 
 Ha & Schmidhuber (2018, arXiv:1803.10122) evaluated each CMA-ES generation on many machines;
 with ``--backend ray --address HOST:PORT`` the population's episodes run on a Ray cluster
@@ -12,11 +12,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from worldmodels.control.evaluation import WorkerState
 from worldmodels.errors import WorldModelsError
-from worldmodels.parallel.backends import STARTUP_GRACE, EvaluationBackend, OnDone, _Heartbeat
+from worldmodels.parallel.backends import (
+    STARTUP_GRACE,
+    EvaluationBackend,
+    OnDone,
+    _Heartbeat,
+    _set_torch_threads,
+)
 from worldmodels.utils.parallel import usable_cores
 
 __all__ = ["RayBackend"]
@@ -24,11 +30,9 @@ class _RayEvaluator:
     """The Ray actor behind :class:`RayBackend` (decorated with ``ray.remote`` there, with
     two threads: :meth:`progress` answers while :meth:`run` steps)."""
 
-    def __init__(self, bundle: bytes) -> None:
-        from worldmodels.utils.torch import set_threads
-
-        set_threads(1)
-        self.state = WorkerState(bundle)
+    def __init__(self, bundle: bytes, worker: Callable[[bytes], Any]) -> None:
+        _set_torch_threads(worker)
+        self.state = worker(bundle)
         self.steps = 0  # lockstep decisions since the actor started
 
     def run(self, task: dict[str, Any]) -> list[tuple]:
@@ -53,13 +57,15 @@ class RayBackend(EvaluationBackend):
     """
 
     def __init__(self, bundle: bytes, workers: int = 0, envs_per_worker: int = 0,
-                 worker_timeout: float = 600.0, address: str = "") -> None:
+                 worker_timeout: float = 600.0, address: str = "",
+                 worker: Callable[[bytes], Any] | None = None,
+                 name: str = "an evaluation worker") -> None:
         try:
             import ray
         except ImportError:
             raise WorldModelsError(
                 "--backend ray needs Ray: pip install 'worldmodels[dist]'") from None
-        super().__init__(bundle, envs_per_worker, worker_timeout)
+        super().__init__(bundle, envs_per_worker, worker_timeout, worker, name)
         self._ray = ray
         self._owns_session = not ray.is_initialized()
         if self._owns_session:
@@ -77,9 +83,9 @@ class RayBackend(EvaluationBackend):
         self._fresh: list[bool] = []
 
     def _spawn(self) -> Any:
-        return self._actor_class.remote(self._bundle_ref)
+        return self._actor_class.remote(self._bundle_ref, self.worker)
 
-    def _execute(self, tasks: list[dict[str, Any]], on_done: OnDone) -> None:
+    def _execute(self, tasks: list[Any], on_done: OnDone) -> None:
         ray = self._ray
         lost_errors = tuple(e for e in (getattr(ray.exceptions, n, None) for n in (
             "RayActorError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"))
@@ -108,7 +114,7 @@ class RayBackend(EvaluationBackend):
                     queue.appendleft(task_id)
                     self._failed(attempts, task_id, f"died ({type(e).__name__})")
                 except ray.exceptions.RayTaskError as e:
-                    raise WorldModelsError(f"an evaluation actor raised on task {task_id}:\n"
+                    raise WorldModelsError(f"{self.name} raised on task {task_id}:\n"
                                            f"{e}") from None
                 else:
                     self._fresh[slot] = False

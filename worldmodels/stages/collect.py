@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +37,6 @@ from worldmodels.data.store import missing_parts
 from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.utils.io import ensure_dir, exclusive_lock, remove_stale_tmp
 from worldmodels.utils.parallel import (
-    THREAD_ENV_VARS,
-    single_threaded_children,
-    single_threaded_process,
     usable_cores,
 )
 
@@ -117,14 +111,16 @@ def check_agent(c: CollectConfig) -> None:
                           f"--action-repeat {k}")
 
 
-def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
+def run_episode(cfg: CollectConfig, k: int, env=None,
+                on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Collect episode ``k``: track seed ``cfg.seed + k``, policy seeded by the same.
 
     Returns numpy arrays ``frames`` (T, 64, 64, 3) uint8, ``actions`` (T, 3) float32,
     ``rewards``, ``terminated``, ``truncated`` (T,) and the int ``seed``. With
     ``action_repeat = k > 1`` a step is a *decision*: the frame seen, the action then held for
     k frames (only the last one drawn), and the sum of their rewards; ``max_steps`` still
-    counts frames, so T = ceil(frames / k).
+    counts frames, so T = ceil(frames / k). ``on_step(t)`` after every decision ``t`` (the
+    worker pool's heartbeat).
     """
     from worldmodels.data.policies import make_policy
     from worldmodels.envs.car_racing import step_repeated
@@ -152,6 +148,8 @@ def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
             rewards.append(reward)
             terms.append(terminated)
             truncs.append(truncated and not terminated)
+            if on_step is not None:
+                on_step(len(frames))
             if terminated or truncated:
                 break
     finally:
@@ -170,139 +168,59 @@ def run_episode(cfg: CollectConfig, k: int, env=None) -> dict[str, Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _pin_worker(core_queue) -> None:
-    """Pool initializer: pin to one core and use one BLAS/torch thread (2-core machines
-    slow down with unpinned workers fighting the main process for the same cores)."""
-    # Ctrl-C goes to the whole process group: only the main process handles it (and
-    # stops the workers), so no worker dies mid-task leaving the pool hung.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    single_threaded_process()
-    with contextlib.suppress(Exception):
-        core = core_queue.get_nowait()
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {core})
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
+class CollectWorker:
+    """What one collection worker of the stage's pool (:mod:`worldmodels.parallel`) holds:
+    the collection's settings and one environment, kept across episodes. A task is an episode
+    number ``k``; the result is ``(k, T)`` once its part file is written, or, for a pool whose
+    workers do not share the run directory's disk (Ray), ``(k, episode)`` for the driver to
+    write. A heartbeat goes out at every decision, so a slow machine is never taken as hung."""
+
+    uses_torch = False  # torch only when an agent drives (loaded then, one thread)
+
+    def __init__(self, bundle: bytes) -> None:
+        data = json.loads(bundle)
+        self.cfg = CollectConfig(**data["cfg"])
+        self.parts = Path(data["parts"]) if data.get("parts") else None
+        self.env = make_env(self.cfg)
+
+    @staticmethod
+    def bundle(cfg: CollectConfig, parts: Path | None) -> bytes:
+        """The bytes a worker starts from; ``parts=None``: the driver writes the part files."""
+        return json.dumps({"cfg": dataclasses.asdict(cfg),
+                           "parts": str(parts) if parts is not None else None}).encode()
+
+    def run(self, k: int, on_step: Callable[[int], None] | None = None) -> tuple[int, Any]:
+        ep = run_episode(self.cfg, k, self.env, on_step=on_step)
+        if self.parts is None:
+            return k, ep
+        write_part(self.parts / f"ep-{episode_name(k)}.h5", k, ep, self.cfg)
+        return k, len(ep["frames"])
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def _collect_part(cfg_dict: dict[str, Any], k: int, parts: str) -> tuple[int, int]:
-    cfg = CollectConfig(**cfg_dict)
-    key = (cfg.env, cfg.domain_randomize)
-    if _WORKER.get("key") != key:
-        _WORKER["env"] = make_env(cfg)
-        _WORKER["key"] = key
-    ep = run_episode(cfg, k, _WORKER["env"])
-    write_part(Path(parts) / f"ep-{episode_name(k)}.h5", k, ep, cfg)
-    return k, len(ep["frames"])
+def _run_pool(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
+              on_done: Callable[[int, int], None]) -> None:
+    """Every episode of ``todo`` on the stage's worker pool: this process, local processes
+    or Ray actors; a worker that dies or stops stepping is replaced and its episode re-run."""
+    from worldmodels.parallel import make_backend
 
+    ray = cfg.backend == "ray"
+    # Ray nodes need not share the run directory's disk: there the driver writes the parts.
+    bundle = CollectWorker.bundle(cfg, None if ray else parts)
 
-def _run_local(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
-               on_done: Callable[[int, int], None]) -> None:
-    if workers <= 1:
-        env = make_env(cfg)
-        try:
-            for k in todo:
-                ep = run_episode(cfg, k, env)
-                write_part(parts / f"ep-{episode_name(k)}.h5", k, ep, cfg)
-                on_done(k, len(ep["frames"]))
-        finally:
-            env.close()
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    cores = ctx.Queue()
-    for i in range(workers):
-        cores.put(usable_cores()[i % len(usable_cores())])
-    cfg_dict = dataclasses.asdict(cfg)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
-                               initargs=(cores,))
-    pending: set = set()
-    # The pool spawns its workers on the first submits: they must import NumPy with one
-    # BLAS thread (see single_threaded_children); setting it in _pin_worker is too late.
-    with single_threaded_children():
-        _drive_pool(pool, cfg_dict, todo, parts, workers, on_done, pending)
-    pool.shutdown(wait=True)
-
-
-def _drive_pool(pool: ProcessPoolExecutor, cfg_dict: dict[str, Any], todo: list[int],
-                parts: Path, workers: int, on_done: Callable[[int, int], None],
-                pending: set) -> None:
-    try:
-        it = iter(todo)
-        # Keep about two tasks per worker queued: enough to never idle, few enough that
-        # an interruption wastes little.
-        for k in it:
-            pending.add(pool.submit(_collect_part, cfg_dict, k, str(parts)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                k, T = fut.result()
-                on_done(k, T)
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.add(pool.submit(_collect_part, cfg_dict, nxt, str(parts)))
-    except BrokenProcessPool:
-        _stop_pool(pool)
-        raise WorldModelsError(
-            "a collection worker died or could not start (killed, out of memory, or a "
-            "script without an `if __name__ == '__main__':` guard); finished episodes are "
-            "kept: re-run the same command to resume"
-        ) from None
-    except BaseException:
-        # Ctrl-C, an error in one episode, ...: the episodes in flight are dropped (their
-        # part files are written atomically, so none is half there) and the workers are
-        # stopped at once instead of finishing their queue.
-        _stop_pool(pool)
-        raise
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _run_ray(cfg: CollectConfig, todo: list[int], parts: Path, workers: int,
-             on_done: Callable[[int, int], None]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise WorldModelsError(
-            "--backend ray needs Ray: pip install 'worldmodels[dist]'"
-        ) from None
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=cfg.address or None, include_dashboard=False,
-                 log_to_driver=False, **({} if cfg.address else {"num_cpus": workers}))
-    try:
-        # one BLAS thread per task's process, as the local pool (single_threaded_children)
-        one_thread = {"env_vars": {var: "1" for var in THREAD_ENV_VARS}}
-        remote_episode = ray.remote(num_cpus=1, runtime_env=one_thread)(run_episode)
-        cfg_ref = ray.put(cfg)
-        pending: dict[Any, int] = {}
-        it = iter(todo)
-        limit = 2 * max(1, int(ray.available_resources().get("CPU", workers)))
-        for k in it:
-            pending[remote_episode.remote(cfg_ref, k)] = k
-            if len(pending) >= limit:
-                break
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            k = pending.pop(ready[0])
-            ep = ray.get(ready[0])
-            # The driver writes: cluster nodes need not share the run directory's disk.
+    def finished(task_id: int, result: tuple[int, Any]) -> None:
+        k, ep = result
+        if isinstance(ep, dict):
             write_part(parts / f"ep-{episode_name(k)}.h5", k, ep, cfg)
-            on_done(k, len(ep["frames"]))
-            nxt = next(it, None)
-            if nxt is not None:
-                pending[remote_episode.remote(cfg_ref, nxt)] = nxt
-    finally:
-        if started:
-            ray.shutdown()
+            ep = len(ep["frames"])
+        on_done(k, ep)
+
+    with make_backend(bundle, backend=cfg.backend, workers=workers, address=cfg.address,
+                      worker=CollectWorker, name="a collection worker",
+                      worker_timeout=cfg.worker_timeout) as pool:
+        pool.execute(todo, finished)
 
 
 def _run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -370,8 +288,7 @@ def _collect_locked(c: CollectConfig, run_dir: Path, overwrite: bool, progress: 
 
     try:
         if todo:
-            runner: Callable[..., None] = _run_ray if c.backend == "ray" else _run_local
-            runner(c, todo, parts, workers, on_done)
+            _run_pool(c, todo, parts, workers, on_done)
     finally:
         bar.close()
     return consolidate(run_dir, c, c.episodes, existing)

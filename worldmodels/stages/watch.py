@@ -22,6 +22,7 @@ decoded by V); --env dream shows V's decoding of the dream's z (the agent acts o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,31 +37,24 @@ SINGLE = 384  # single-view size (96 x 4, 64 x 6)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
-    parser.add_argument("--run", default=DEFAULT_RUN, metavar="DIR",
-                        help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN}, "
-                             "here or in the repository root)")
-    parser.add_argument("--env", choices=("real", "dream"), default="real",
-                        help="drive in the real CarRacing-v3 or in M's dream (default: real)")
-    parser.add_argument("--episodes", type=int, default=1, help="episodes to show (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="first seed: S, S+1, ... (default: 0)")
+    """``--run``, ``--save`` and the ``[watch]`` settings (flags, ``--preset``, ``--set``), as
+    one namespace; a negative ``--tau`` becomes None (M's recorded temperature)."""
+    from worldmodels.cli import build_parser, config_from_args
+
+    parser = build_parser(
+        summary(__doc__), ["watch"], run_default=DEFAULT_RUN,
+        run_help=f"run directory with V, M and controller/ (default: {DEFAULT_RUN}, here or in "
+                 "the repository root)")
     parser.add_argument("--save", metavar="FILE",
                         help="write the video here (.mp4 or .gif) instead of opening a window "
                              "(without a display and without --save: <run>/videos/watch_<env>_"
                              "seed<S>.mp4, or ./runs/watch/<run name>_<env>_seed<S>.mp4 for an "
                              "exported run such as the shipped pretrained/carracing)")
-    parser.add_argument("--tau", type=float, default=None, metavar="T",
-                        help="dream temperature (default: the one M's training recorded, else 1)")
-    parser.add_argument("--max-steps", type=int, default=1000,
-                        help="steps per episode at most (default: 1000, CarRacing-v3's)")
-    parser.add_argument("--fps", type=float, default=50.0, help="frames per second (default: 50)")
-    parser.add_argument("--device", default="cpu", help="device of V and M: cpu, cuda, auto")
-    parser.add_argument("--controller", choices=("best", "last", "random"), default="best",
-                        help="controller/best.pt (else last.pt), last.pt, or an untrained C")
-    parser.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
-                        help="--env real: real frame | V's reconstruction | M's prediction "
-                             "(default: on)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    w = config_from_args(args).watch
+    values = dataclasses.asdict(w)
+    values["tau"] = None if w.tau < 0 else w.tau
+    return argparse.Namespace(run=args.run, save=args.save, **values)
 
 
 # ------------------------------------------------------------------------------ episodes
@@ -159,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = resolve_run(args.run)
-    if args.episodes < 1 or args.max_steps < 1:
-        raise WorldModelsError("--episodes and --max-steps must be >= 1")
     if args.controller != "random":
         from worldmodels.run import CONTROLLER_KIND, checkpoint_path
 
