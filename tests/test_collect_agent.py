@@ -58,6 +58,28 @@ def test_agent_episodes_extend_random_ones_and_are_the_agents_actions(agent_run,
         assert not np.array_equal(a2[:n], a3[:n])
 
 
+def test_latents_of_the_random_episodes_are_extended_by_the_agents(agent_run, tmp_path):
+    """Iterative training: latents encoded from the random episodes stay valid when the
+    rollouts are extended by agent episodes; encode adds only the new ones."""
+    import shutil
+
+    from worldmodels.data.latents import LatentDataset
+    from worldmodels.stages.encode import encode
+
+    run = tmp_path / "run"
+    collect(cfg_of(2), run, progress=False)
+    shutil.copytree(agent_run / "vae", run / "vae")
+    enc = load_config(overrides={"encode": {"workers": 0, "device": "cpu"}})
+    path = encode(enc, run, progress=False)
+    with LatentDataset(path) as lat:
+        first = lat.episode(1)["mu"]
+    collect(cfg_of(3, agent=str(agent_run), agent_from=2), run, progress=False)
+    path = encode(enc, run, progress=False)
+    with LatentDataset(path) as lat, RolloutDataset(run) as data:
+        assert len(lat) == 3 and np.array_equal(lat.episode(1)["mu"], first)
+        assert np.array_equal(lat.episode(2)["actions"], data.episode(2)["actions"])
+
+
 def test_another_agent_on_an_agent_dataset_is_refused(agent_run, tmp_path):
     run = tmp_path / "run"
     collect(cfg_of(2, agent=str(agent_run), agent_from=1), run, progress=False)

@@ -57,7 +57,7 @@ import h5py
 import numpy as np
 
 from worldmodels.data.datasets import RolloutDataset
-from worldmodels.data.rollouts import DATA_KEYS
+from worldmodels.data.rollouts import _same_data
 from worldmodels.data.store import episode_name, merge_parts
 from worldmodels.errors import DataError
 from worldmodels.utils.io import atomic_path
@@ -152,10 +152,13 @@ def _rollouts_identity(rollouts: RolloutDataset) -> dict[str, Any]:
     return {"num_episodes": len(rollouts), "config": rollouts.config}
 
 
-def _rollouts_differ(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Collection settings that changed the data between ``stored`` and ``current``."""
+def _rollouts_differ(stored: dict[str, Any], current: dict[str, Any],
+                     episodes: int | None = None) -> list[str]:
+    """Collection settings that changed the data between ``stored`` and ``current``; with
+    ``episodes``, in the first ``episodes`` episodes only (random episodes later extended by
+    an agent's, the paper's iterative training, are still the same first episodes)."""
     a, b = stored.get("config") or {}, current.get("config") or {}
-    return [f"{k}={a.get(k)!r}" for k in DATA_KEYS if a.get(k) != b.get(k)]
+    return [f"{k}={a.get(k)!r}" for k in _same_data(a, b, episodes)]
 
 
 def _write_part(path: Path, k: int, ep: dict[str, Any], layout: dict[str, Any],
@@ -177,7 +180,8 @@ def _valid_part(path: Path, k: int, identity: dict[str, Any], rollouts: RolloutD
                 return False
             if json.loads(f.attrs["vae"]).get("sha256") != identity["sha256"]:
                 return False
-            if _rollouts_differ(json.loads(f.attrs["rollouts"]), _rollouts_identity(rollouts)):
+            if _rollouts_differ(json.loads(f.attrs["rollouts"]), _rollouts_identity(rollouts),
+                                k + 1):
                 return False
             g = f[f"episodes/{episode_name(k)}"]
             return (int(g.attrs["length"]) == int(rollouts.lengths[k])

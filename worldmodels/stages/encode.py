@@ -161,7 +161,7 @@ def _encode_locked(model: str, batch_size: int, workers: int, device: torch.devi
         if stored_v.get("sha256") != identity["sha256"] or stored_v.get("model") != model:
             raise DataError(f"{final} was encoded by another V ({_describe_v(stored_v)}; now "
                             f"{_describe_v(identity)}): pass --overwrite to re-encode it")
-        differ = _rollouts_differ(stored_r, rollouts_id)
+        differ = _rollouts_differ(stored_r, rollouts_id, n_old)
         if (differ or n_old > len(rollouts)
                 or not np.array_equal(old_seeds, rollouts.seeds[:n_old])
                 or not np.array_equal(old_lengths, rollouts.lengths[:n_old])):
