@@ -23,12 +23,9 @@ from worldmodels.config import CollectConfig, load_config
 from worldmodels.data.datasets import (
     FrameDataset,
     RolloutDataset,
-    _load_frames_staged,
     available_memory,
-    fits_in_memory,
-    frame_bytes,
-    load_frames,
 )
+from worldmodels.data.frames import _load_frames_staged, fits_in_memory, frame_bytes, load_frames
 from worldmodels.data.rollouts import (
     DATASET_NAME,
     FIELDS,

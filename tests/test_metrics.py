@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from worldmodels.config import load_config
-from worldmodels.data.datasets import RolloutDataset, load_frames
+from worldmodels.data.datasets import RolloutDataset
+from worldmodels.data.frames import load_frames
 from worldmodels.errors import DataError
 from worldmodels.metrics.features import (
     FrameFeatureNet,

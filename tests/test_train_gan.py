@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import worldmodels.stages.train_gan as train_module
 from worldmodels.config import load_config
-from worldmodels.data.datasets import load_frames
+from worldmodels.data.frames import load_frames
 from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.generative.gan import DCGAN, from_gan_range

@@ -25,13 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels.data.datasets import (
-    FRAME_BYTES,
-    FrameDataset,
-    RolloutDataset,
-    fits_in_memory,
-    load_frames,
-)
+from worldmodels.data.datasets import FRAME_BYTES, FrameDataset, RolloutDataset
+from worldmodels.data.frames import fits_in_memory, load_frames
 
 BATCH_SIZE = 100
 

@@ -17,7 +17,8 @@ __all__ = ["DATASET_NAME", "FORMAT", "FORMAT_VERSION", "open_rollouts", *_DATASE
 
 def __getattr__(name: str) -> Any:
     if name in _DATASET_NAMES:
-        from worldmodels.data import datasets
+        from worldmodels.data import datasets, frames
 
-        return getattr(datasets, name)
+        return getattr(frames if hasattr(frames, name) and name in frames.__all__ else datasets,
+                       name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

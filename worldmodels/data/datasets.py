@@ -9,8 +9,8 @@ sequences of the same episodes. This module gives both views of one
 * :class:`FrameDataset`: every frame of the chosen episodes, one ``(3, 64, 64)`` uint8
   tensor per item, plus :meth:`FrameDataset.sample_batches`, a chunk-aligned shuffled
   batch iterator for V;
-* :func:`load_frames` / :func:`fits_in_memory`: the whole frame set as one tensor (on the
-  GPU when it fits: the fastest way to feed V, no reading at all during training).
+* :func:`~worldmodels.data.frames.load_frames` / ``fits_in_memory`` (in
+  :mod:`worldmodels.data.frames`): the whole frame set as one tensor (on the GPU when it fits: the fastest way to feed V, no reading at all during training).
 
 Design choices.
 
@@ -298,7 +298,7 @@ class FrameDataset(Dataset):
     which is kept (one chunk per process) so in-order access costs one decompression per
     chunk; random access costs one per frame. For shuffled training batches use
     :meth:`sample_batches` (about 30x faster, see the module docstring) or
-    :func:`load_frames` when the frames fit in memory.
+    :func:`~worldmodels.data.frames.load_frames` when the frames fit in memory.
     """
 
     def __init__(self, path: Source, episodes: Sequence[int] | None = None) -> None:
@@ -416,12 +416,6 @@ class FrameDataset(Dataset):
 # ------------------------------------------------------------------ whole set in memory
 
 
-def frame_bytes(path: Source, episodes: Sequence[int] | None = None) -> int:
-    """Raw (uncompressed) bytes of the frames of the chosen episodes."""
-    rollouts = _as_rollouts(path)
-    return int(rollouts.lengths[_episode_indices(rollouts, episodes)].sum()) * FRAME_BYTES
-
-
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Free bytes on ``device``: ``torch.cuda.mem_get_info`` for CUDA, the system's
     MemAvailable otherwise (``/proc/meminfo``, else ``sysconf``); None when unknown."""
@@ -436,81 +430,6 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     with contextlib.suppress(AttributeError, ValueError, OSError):
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     return None
-
-
-def fits_in_memory(path: Source, device: str | torch.device = "cpu",
-                   fraction: float = 0.5, episodes: Sequence[int] | None = None) -> bool:
-    """Whether the raw frames (N x 12 KiB) take at most ``fraction`` of the free memory
-    of ``device`` (False when the free memory cannot be determined)."""
-    free = available_memory(device)
-    return free is not None and frame_bytes(path, episodes) <= fraction * free
-
-
-def load_frames(path: Source, episodes: Sequence[int] | None = None,
-                device: str | torch.device = "cpu",
-                staging_frames: int = 8192) -> torch.Tensor:
-    """All frames of the chosen episodes, in episode order, as one uint8 tensor
-    (N, 3, 64, 64) on ``device``.
-
-    Episodes are decompressed straight into one preallocated tensor (no list of arrays,
-    no concatenation). For the CPU that tensor is the result; for another device it is
-    allocated there and filled through two pinned host buffers of ``staging_frames``
-    frames, so host memory never holds the whole set and decompression overlaps the
-    host-to-device copies. The result is the (N, 3, 64, 64) view of the stored
-    (N, 64, 64, 3) layout, i.e. torch's ``channels_last`` memory format (what CUDA
-    convolutions prefer); call ``.contiguous()`` for NCHW-contiguous memory. Check
-    :func:`fits_in_memory` first.
-    """
-    rollouts = _as_rollouts(path)
-    chosen = _episode_indices(rollouts, episodes)
-    device = torch.device(device)
-    total = int(rollouts.lengths[chosen].sum())
-    if device.type == "cpu":
-        frames = torch.empty((total, *FRAME_SHAPE), dtype=torch.uint8)
-        out, pos = frames.numpy(), 0
-        for k in chosen:
-            length = int(rollouts.lengths[k])
-            rollouts.read(int(k), "frames", 0, length, out=out[pos:pos + length])
-            pos += length
-        return frames.movedim(-1, -3)
-    return _load_frames_staged(rollouts, chosen, device, total, staging_frames)
-
-
-def _load_frames_staged(rollouts: RolloutDataset, chosen: np.ndarray, device: torch.device,
-                        total: int, staging_frames: int) -> torch.Tensor:
-    frames = torch.empty((total, *FRAME_SHAPE), dtype=torch.uint8, device=device)
-    pin = device.type == "cuda"
-    staging = [torch.empty((max(1, min(staging_frames, total)), *FRAME_SHAPE),
-                           dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
-    copied: list[Any] = [None, None]  # per buffer: an event marking its last copy done
-    which, filled, dest = 0, 0, 0
-
-    def flush() -> None:
-        nonlocal which, filled, dest
-        if filled:
-            frames[dest:dest + filled].copy_(staging[which][:filled], non_blocking=pin)
-            if pin:
-                copied[which] = torch.cuda.Event()
-                copied[which].record()
-            dest += filled
-        which, filled = 1 - which, 0
-        if copied[which] is not None:
-            copied[which].synchronize()  # the buffer about to be refilled is free again
-
-    for k in chosen:
-        length, start = int(rollouts.lengths[k]), 0
-        while start < length:
-            n = min(length - start, len(staging[which]) - filled)
-            rollouts.read(int(k), "frames", start, start + n,
-                          out=staging[which].numpy()[filled:filled + n])
-            filled += n
-            start += n
-            if filled == len(staging[which]):
-                flush()
-    flush()
-    if pin:
-        torch.cuda.current_stream(device).synchronize()
-    return frames.movedim(-1, -3)
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0

@@ -48,13 +48,8 @@ import torch
 from torch import nn
 
 from worldmodels.config import Config, save_stage_config
-from worldmodels.data.datasets import (
-    FrameDataset,
-    RolloutDataset,
-    fits_in_memory,
-    load_frames,
-    split_episodes,
-)
+from worldmodels.data.datasets import FrameDataset, RolloutDataset, split_episodes
+from worldmodels.data.frames import fits_in_memory, load_frames
 from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.generative.gan import (

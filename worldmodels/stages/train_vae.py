@@ -63,12 +63,8 @@ from worldmodels.config import (
     VAEConfig,
     save_stage_config,
 )
-from worldmodels.data.datasets import (
-    RolloutDataset,
-    fits_in_memory,
-    split_episodes,
-)
-from worldmodels.data.frames import FrameSource
+from worldmodels.data.datasets import RolloutDataset, split_episodes
+from worldmodels.data.frames import FrameSource, fits_in_memory
 from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.generative import (
