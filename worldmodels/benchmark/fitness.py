@@ -38,7 +38,9 @@ LEVERS: tuple[tuple[str, str, int, str, str, int], ...] = (
     ("k=4, bf16 V", "bf16", 4, "exact", "tiles", 0),
     ("k=4, bf16 V, approx frames", "bf16", 4, "approx", "tiles", 0),
     ("k=4, bf16 V, approx, early stop negative 20", "bf16", 4, "approx", "negative", 20),
+    ("k=4, bf16 V, coarse frames", "bf16", 4, "coarse", "tiles", 0),
     ("k=8, bf16 V, approx frames", "bf16", 8, "approx", "tiles", 0),
+    ("k=8, bf16 V, coarse frames", "bf16", 8, "coarse", "tiles", 0),
 )
 
 

@@ -130,7 +130,9 @@ class EnvCache:
 
 
 #: how training episodes draw what V sees (evaluation: always ``exact``)
-RENDERERS = ("exact", "approx")
+RENDERERS = ("exact", "approx", "coarse")
+#: surface scale of each approximate renderer (of the 1000 x 700 part of the window V sees)
+RENDER_SCALES = {"approx": 0.384, "coarse": 0.192}
 #: early-termination rules (training only; see the module docstring)
 EARLY_STOP_RULES = ("tiles", "negative")
 #: frames of CarRacing's zoom-in animation (1 s at 50 FPS), never counted by the
@@ -170,7 +172,8 @@ def run_episodes(
     :param renderer: ``exact`` (the CarRacing-v3 observation, preprocessed) or ``approx``
         (V's frame drawn straight into a small surface,
         :class:`~worldmodels.envs.car_racing.ApproxFrameRenderer`: ~3x cheaper, an
-        approximation; training only).
+        approximation; training only) or ``coarse`` (the same drawn at half that scale,
+        192 x 134: ~2x cheaper again, a coarser approximation; training only).
     :param envs: environments to reuse (default: made and closed here).
     :param on_step: called after each lockstep decision with the number of decisions of the
         group so far (the workers' heartbeat).
@@ -244,7 +247,7 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
     n = len(specs)
     agent.reset(n, seeds=[int(s.seed) for s in specs])  # z="sample": noise by track
     obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
-    approx = ApproxFrameRenderer() if renderer == "approx" else None
+    approx = ApproxFrameRenderer(RENDER_SCALES[renderer]) if renderer in RENDER_SCALES else None
     if approx is not None:  # V's frame drawn small; the env draws nothing from here on
         obs = [approx.frame(env.unwrapped) for env in envs[:n]]
     returns = [0.0] * n
