@@ -15,15 +15,14 @@ only replaced with --overwrite. See worldmodels/export.py.
 
 import argparse
 
-from worldmodels.cli import run_cli, summary
+from worldmodels.cli import build_parser, run_cli, summary
 
 
 def main() -> int:
     from worldmodels.stages.export import DEFAULT_OUT
 
-    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=None)
-    parser.add_argument("--run", required=True, metavar="DIR",
-                        help="the trained run: V, M (mdnrnn/), controller/ and config.json")
+    parser = build_parser(summary(__doc__), [],
+                          run_help="the trained run: V, M (mdnrnn/), controller/ and config.json")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"the directory to write (default: {DEFAULT_OUT})")
     parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,

@@ -30,6 +30,7 @@ from worldmodels.config.sections import (
     CompareConfig,
     Config,
     ControllerConfig,
+    DreamCheckConfig,
     EncodeConfig,
     EvaluateConfig,
     GANConfig,
@@ -48,7 +49,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 
 __all__ = [
     "PRESET_DIR", "SECTIONS", "CollectConfig", "CompareConfig", "Config", "ControllerConfig",
-    "EncodeConfig", "EvaluateConfig", "GANConfig", "MDNRNNConfig", "VAEConfig", "WatchConfig",
+    "DreamCheckConfig", "EncodeConfig", "EvaluateConfig", "GANConfig", "MDNRNNConfig", "VAEConfig", "WatchConfig",
     "apply_dict", "config_from_dict", "load_config", "parse_override", "resolve_preset",
     "save_resolved", "save_stage_config", "validate",
 ]
@@ -158,6 +159,8 @@ def validate(cfg: Config) -> Config:
     _positive("watch", w, ("seed",), 0)
     if not w.fps > 0:
         raise ConfigError(f"watch.fps must be > 0, got {w.fps}")
+    _positive("dream_check", cfg.dream_check, ("episodes",))
+    _positive("dream_check", cfg.dream_check, ("workers",), 0)
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):

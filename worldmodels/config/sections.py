@@ -359,6 +359,21 @@ class WatchConfig:
     side_by_side: bool = _f(True, "env real: real frame | V's reconstruction | M's prediction")
 
 
+@dataclass
+class DreamCheckConfig:
+    """The same C in M's dream and in the real env, side by side
+    (``scripts/dream_vs_real.py``)."""
+
+    episodes: int = _f(32, "episodes on each side")
+    seed: int = _f(-1, "first real track and the dream episodes' seed (negative: a training "
+                   "track, never an evaluation one)")
+    temperature: float = _f(-1.0, "the dream's tau (negative: the one M's training recorded, "
+                            "else 1)")
+    workers: int = _f(0, "worker processes for the real episodes (0: one per core)")
+    checkpoint: str = _f("best", "controller/best.pt (else last.pt) or last.pt",
+                         choices=("best", "last"))
+
+
 SECTIONS: dict[str, type] = {
     "collect": CollectConfig,
     "vae": VAEConfig,
@@ -369,6 +384,7 @@ SECTIONS: dict[str, type] = {
     "controller": ControllerConfig,
     "evaluate": EvaluateConfig,
     "watch": WatchConfig,
+    "dream_check": DreamCheckConfig,
 }
 
 
@@ -385,6 +401,7 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    dream_check: DreamCheckConfig = field(default_factory=DreamCheckConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
