@@ -120,6 +120,30 @@ def test_approx_renderer_is_close_to_the_exact_frame(renderer, bound):
     assert float(np.mean(np.square(errors[-1]))) > 0  # an approximation, not the same code
 
 
+@pytest.mark.parametrize("scale", [0.384, 0.192])
+def test_fast_car_drawing_draws_what_gymnasiums_car_draw_does(scale, monkeypatch):
+    """The approximate renderers draw the car with one 2x2 map per body instead of
+    gymnasium's per-vertex Vector2s: the frames equal those drawn by ``car.draw`` along a
+    drive (wheel stripes turning, the car rotating), at both scales."""
+    import worldmodels.envs.car_racing as car_racing
+
+    fast = car_racing._draw_car
+    stock = lambda surf, car, zoom, trans, angle: car.draw(surf, zoom, trans, angle, False)  # noqa: E731
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    renderer = ApproxFrameRenderer(scale)
+    env.reset(seed=3)
+    differing = 0
+    for t in range(150):
+        env.step(np.array([np.sin(t / 15.0), 0.7, 0.0], np.float32))
+        monkeypatch.setattr(car_racing, "_draw_car", stock)
+        want = renderer.frame(env.unwrapped)
+        monkeypatch.setattr(car_racing, "_draw_car", fast)
+        got = renderer.frame(env.unwrapped)
+        differing += int((want != got).any(-1).sum())
+    env.close()
+    assert differing <= 150 * 64 * 64 // 10_000  # at most 0.01 % of the pixels (rounding)
+
+
 def test_approx_training_episodes_run_and_count_frames(agent):
     p = params(2, seed=4)
     specs = [EpisodeSpec(0, 0, 5), EpisodeSpec(1, 1, 6)]
