@@ -3,7 +3,10 @@ the agent and the dream rebuilt from it.
 
 Ha & Schmidhuber, *World Models* (2018, arXiv:1803.10122): the agent is V (a VAE), M (an
 MDN-RNN) and C (a linear controller), trained in that order; each stage leaves its model in
-the run directory and the next stage reads it from there::
+the run directory and the next stage reads it from there. V may also be a VQ-VAE (van den
+Oord et al. 2017, arXiv:1711.00937) with M a :class:`~worldmodels.memory.CodeRNN` over its
+code grids: the same loaders give that agent and its dream
+(:class:`~worldmodels.envs.dream.BatchedCodeDream`)::
 
     <run>/config.json                 the resolved settings of every stage run so far
     <run>/<vae|betavae|vqvae>/        V: best.pt (lowest validation loss), last.pt (resume)
@@ -29,12 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels.control.agent import WorldModelAgent, frames_to_tensor
+from worldmodels.control.agent import WorldModelAgent, check_world_model, frames_to_tensor
 from worldmodels.control.controller import Controller
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.generative import CodePrior, ConvVAE
+from worldmodels.generative import VQVAE, CodePrior, ConvVAE
 from worldmodels.generative.registry import KINDS, MODELS, build_model
-from worldmodels.memory.mdnrnn import MDNRNN, build_mdnrnn
+from worldmodels.memory.mdnrnn import MDNRNN, CodeRNN, build_mdnrnn, mdnrnn_model_config
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     load_checkpoint,
@@ -57,8 +60,10 @@ __all__ = [
     "load_controller",
     "load_agent",
     "save_random_world_model",
+    "save_random_vq_world_model",
     "world_action_repeat",
     "start_states",
+    "start_codes",
     "load_dream",
     "make_dream_env",
 ]
@@ -198,11 +203,12 @@ def _info_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def load_world_model(
     run_dir: str | Path, vae_model: str = "auto", device: str | torch.device = "cpu"
-) -> tuple[ConvVAE, MDNRNN, str]:
-    """V and M of a run, in eval mode on ``device``.
+) -> tuple[ConvVAE | VQVAE, MDNRNN | CodeRNN, str]:
+    """V and M of a run, in eval mode on ``device``: a VAE and its MDN-RNN, or a VQ-VAE and
+    the :class:`~worldmodels.memory.CodeRNN` over its codes.
 
     :param vae_model: ``auto`` (the V that M was trained on, as M's checkpoint records it;
-        ``vae`` when it does not), ``vae`` or ``betavae``.
+        ``vae`` when it does not), ``vae``, ``betavae`` or ``vqvae``.
     :return: ``(vae, mdnrnn, vae_model)``, the last the V actually loaded.
     :raises DataError: a missing stage, or a V and an M that do not fit together.
     """
@@ -216,11 +222,15 @@ def load_world_model(
     elif trained_on is not None and trained_on != vae_model:
         raise DataError(f"M in {run_dir} was trained on the latents of {trained_on!r}, not "
                         f"{vae_model!r}: pass --vae-model {trained_on} (or auto)")
-    if vae_model not in ("vae", "betavae"):
-        raise DataError(f"the controller needs a continuous V ('vae' or 'betavae'); M in "
-                        f"{run_dir} was trained on {vae_model!r} latents")
     vae = load_vae(run_dir, vae_model, device)
-    if not isinstance(mdnrnn, MDNRNN) or mdnrnn.latent_dim != vae.latent_dim:
+    if isinstance(vae, VQVAE) or isinstance(mdnrnn, CodeRNN):
+        try:
+            check_world_model(vae, mdnrnn)
+        except DataError as e:
+            raise DataError(f"M in {run_dir} does not read V's codes ({e}): retrain M on this "
+                            f"V's latents (encode.py --model {vae_model}, then "
+                            "train_mdnrnn.py)") from None
+    elif not isinstance(mdnrnn, MDNRNN) or mdnrnn.latent_dim != vae.latent_dim:
         raise DataError(f"M in {run_dir} does not read V's z (latent_dim "
                         f"{getattr(mdnrnn, 'latent_dim', '?')} vs {vae.latent_dim}): retrain M "
                         "on this V's latents")
@@ -326,21 +336,53 @@ def save_random_world_model(run_dir: str | Path, *, latent_dim: int = 32, hidden
     return run_dir
 
 
+@torch.no_grad()
+def save_random_vq_world_model(run_dir: str | Path, *, hidden_dim: int = 256, seed: int = 0,
+                               code_embed_dim: int = 8, **vqvae_kwargs: Any) -> Path:
+    """:func:`save_random_world_model` for the discrete world model: a randomly initialised
+    VQ-VAE (``<run>/vqvae/best.pt``; ``vqvae_kwargs`` its constructor's, e.g. a small
+    ``hidden_channels``) and a :class:`~worldmodels.memory.CodeRNN` over its codes
+    (``<run>/mdnrnn/best.pt``). The codebook is spread over what the random encoder gives
+    (its outputs on smooth random images), so that frames map to many codes."""
+    run_dir = Path(run_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = VQVAE(**vqvae_kwargs).eval()
+        # smooth random images (8x8 noise upsampled): z_e of ~ codebook_size * 8 cells
+        n = max(1, -(-vae.codebook_size * 8 // (vae.grid_size[0] * vae.grid_size[1])))
+        x = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=64, mode="bilinear")
+        cells = vae.encode(x).movedim(1, -1).reshape(-1, vae.code_dim)
+        pick = cells[torch.randperm(len(cells))[:vae.codebook_size]]
+        vae.quantizer.codebook.copy_(pick)
+        vae.quantizer.ema_sum.copy_(pick)
+        grid = vae.grid_size[0] * vae.grid_size[1]
+        mdnrnn = CodeRNN(vae.codebook_size, grid, hidden_dim=hidden_dim,
+                         code_embed_dim=code_embed_dim)
+    save_checkpoint(run_dir / "vqvae" / "best.pt", kind="vqvae", model=vae,
+                    model_config={"model": "vqvae", **vae.hparams}, step=0)
+    save_checkpoint(run_dir / MDNRNN_KIND / "best.pt", kind=MDNRNN_KIND, model=mdnrnn,
+                    model_config=mdnrnn_model_config(mdnrnn), step=0,
+                    extra={"vae": {"model": "vqvae"}})
+    return run_dir
+
+
 # --------------------------------------------------------------------------------- dream
 
 
 def _first_frames_from_latents(run_dir: Path, vae_model: str, latent_dim: int,
-                               m_vae: dict[str, Any], max_episodes: int
-                               ) -> tuple[np.ndarray, np.ndarray] | str:
-    """(mu, logvar) (N, D) of frame 0 of up to ``max_episodes`` episodes, or the reason
-    why the latents file cannot be used."""
+                               m_vae: dict[str, Any], max_episodes: int,
+                               fields: tuple[str, ...] = ("mu", "logvar"),
+                               kind: str = "gaussian") -> tuple[np.ndarray, ...] | str:
+    """``fields`` of frame 0 of up to ``max_episodes`` episodes ((N, D) mu and logvar, or
+    (N, h, w) codes with ``kind="codes"``), or the reason why the latents file cannot be
+    used."""
     from worldmodels.data.latents import LatentDataset, latents_path
 
     path = latents_path(run_dir, vae_model)
     if not path.exists():
         return f"no {path.name}"
     with LatentDataset(path) as data:
-        if data.kind != "gaussian" or data.latent_dim != latent_dim:
+        if data.kind != kind or data.latent_dim != latent_dim:
             return f"{path.name} holds {data.kind} latents of size {data.latent_dim}"
         sha = m_vae.get("sha256")
         if sha is not None and data.vae.get("sha256") not in (None, sha):
@@ -349,14 +391,14 @@ def _first_frames_from_latents(run_dir: Path, vae_model: str, latent_dim: int,
             return f"{path.name} has no episode"
         chosen = np.unique(np.linspace(0, len(data) - 1, min(len(data), max_episodes))
                            .round().astype(np.int64))
-        mu = np.stack([data.read(int(k), "mu", 0, 1)[0] for k in chosen])
-        logvar = np.stack([data.read(int(k), "logvar", 0, 1)[0] for k in chosen])
-    return mu.astype(np.float32), logvar.astype(np.float32)
+        return tuple(np.stack([data.read(int(k), name, 0, 1)[0] for k in chosen])
+                     .astype(np.int64 if kind == "codes" else np.float32) for name in fields)
 
 
 @torch.no_grad()
-def _first_frames_from_env(vae: nn.Module, tracks: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, logvar) (tracks, D): V applied to the reset frames of real tracks 0..tracks-1."""
+def _first_frames_from_env(vae: nn.Module, tracks: int) -> tuple[np.ndarray, ...]:
+    """(mu, logvar) (tracks, D), or a VQ-VAE's codes (tracks, h, w) as a 1-tuple: V applied
+    to the reset frames of real tracks 0..tracks-1."""
     from worldmodels.envs.car_racing import FastCarRacing
     from worldmodels.envs.preprocess import preprocess_frame
 
@@ -365,9 +407,38 @@ def _first_frames_from_env(vae: nn.Module, tracks: int) -> tuple[np.ndarray, np.
         frames = np.stack([preprocess_frame(env.reset(seed=k)[0]) for k in range(tracks)])
     finally:
         env.close()
-    p = vae.fc_mu.weight
-    mu, logvar = vae.encode(frames_to_tensor(frames, p.device).to(p.dtype))
+    p = next(vae.encoder.parameters())
+    x = frames_to_tensor(frames, p.device).to(p.dtype)
+    if isinstance(vae, VQVAE):
+        return (vae.encode_codes(x).cpu().numpy(),)
+    mu, logvar = vae.encode(x)
     return mu.float().cpu().numpy(), logvar.float().cpu().numpy()
+
+
+def _first_frames(run_dir: str | Path, vae: nn.Module, vae_model: str,
+                  m_vae: dict[str, Any] | None, start: str, start_episodes: int,
+                  start_tracks: int) -> tuple[tuple[np.ndarray, ...], str]:
+    """V's latents of real first frames, ``(mu, logvar)`` or a VQ-VAE's ``(codes,)``, and
+    where they come from (the rule of :func:`start_states`)."""
+    if start not in ("auto", "latents", "env"):
+        raise ConfigError(f"start must be 'auto', 'latents' or 'env', got {start!r}")
+    codes = isinstance(vae, VQVAE)
+    if start != "env":
+        size = vae.grid_size[0] * vae.grid_size[1] if codes else vae.latent_dim
+        got = _first_frames_from_latents(Path(run_dir), vae_model, size, m_vae or {},
+                                         max(1, int(start_episodes)),
+                                         ("codes",) if codes else ("mu", "logvar"),
+                                         "codes" if codes else "gaussian")
+        if not isinstance(got, str):
+            return got, f"latents_{vae_model}.h5 ({len(got[0])} first frames)"
+        if start == "latents":
+            raise DataError(f"cannot start the dream from the latents of {run_dir}: {got}; "
+                            f"run scripts/encode.py --run {run_dir} --model {vae_model}, or "
+                            "use start='env'")
+    if start_tracks < 1:
+        raise ConfigError(f"start_tracks must be >= 1, got {start_tracks}")
+    return (_first_frames_from_env(vae, int(start_tracks)),
+            f"V on the first frames of CarRacing tracks 0..{start_tracks - 1}")
 
 
 def start_states(run_dir: str | Path, vae: nn.Module, vae_model: str = "vae",
@@ -386,34 +457,43 @@ def start_states(run_dir: str | Path, vae: nn.Module, vae_model: str = "vae",
     :param start_tracks: real tracks ``0 .. start_tracks-1`` for the ``env`` source.
     :return: ``(mu, logvar, source)``: (N, D) float32 each, and a description.
     """
-    if start not in ("auto", "latents", "env"):
-        raise ConfigError(f"start must be 'auto', 'latents' or 'env', got {start!r}")
-    if start != "env":
-        got = _first_frames_from_latents(Path(run_dir), vae_model, vae.latent_dim,
-                                         m_vae or {}, max(1, int(start_episodes)))
-        if not isinstance(got, str):
-            return got[0], got[1], f"latents_{vae_model}.h5 ({len(got[0])} first frames)"
-        if start == "latents":
-            raise DataError(f"cannot start the dream from the latents of {run_dir}: {got}; "
-                            f"run scripts/encode.py --run {run_dir} --model {vae_model}, or "
-                            "use start='env'")
-    if start_tracks < 1:
-        raise ConfigError(f"start_tracks must be >= 1, got {start_tracks}")
-    mu, logvar = _first_frames_from_env(vae, int(start_tracks))
-    return mu, logvar, f"V on the first frames of CarRacing tracks 0..{start_tracks - 1}"
+    if isinstance(vae, VQVAE):
+        raise DataError("a VQ-VAE has no posterior to start from: use start_codes")
+    (mu, logvar), source = _first_frames(run_dir, vae, vae_model, m_vae, start,
+                                         start_episodes, start_tracks)
+    return mu, logvar, source
+
+
+def start_codes(run_dir: str | Path, vae: VQVAE, vae_model: str = "vqvae",
+                m_vae: dict[str, Any] | None = None, start: str = "auto",
+                start_episodes: int = 1000, start_tracks: int = 8
+                ) -> tuple[np.ndarray, str]:
+    """:func:`start_states` for a VQ-VAE: the code grids of real first frames, from
+    ``latents_<vae_model>.h5`` (its frame 0 of up to ``start_episodes`` episodes) or V on the
+    reset frames of real tracks ``0 .. start_tracks-1`` (same ``start`` rule).
+
+    :return: ``(codes, source)``: (N, h, w) int64 and a description.
+    """
+    if not isinstance(vae, VQVAE):
+        raise DataError(f"start_codes needs a VQ-VAE, got {type(vae).__name__}: use "
+                        "start_states")
+    (codes,), source = _first_frames(run_dir, vae, vae_model, m_vae, start, start_episodes,
+                                     start_tracks)
+    return codes, source
 
 
 def load_dream(run_dir: str | Path, batch_size: int = 1, temperature: float | None = None,
                device: str | torch.device = "auto", *, start: str = "auto",
                vae_model: str = "auto", start_episodes: int = 1000, start_tracks: int = 8,
                **kwargs: Any):
-    """The :class:`~worldmodels.envs.dream.BatchedDream` of a run's V and M.
+    """The :class:`~worldmodels.envs.dream.BatchedDream` of a run's V and M (a
+    :class:`~worldmodels.envs.dream.BatchedCodeDream` for a VQ-VAE and its CodeRNN).
 
     :param temperature: ``tau >= 0``; ``None`` takes the one M's training recorded, else 1.0.
-    :param start: where ``z_0`` comes from (:func:`start_states`).
+    :param start: where ``z_0`` comes from (:func:`start_states`, :func:`start_codes`).
     :param kwargs: the dream's ``max_steps``, ``done``, ``precision``.
     """
-    from worldmodels.envs.dream import BatchedDream
+    from worldmodels.envs.dream import BatchedCodeDream, BatchedDream
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -423,6 +503,12 @@ def load_dream(run_dir: str | Path, batch_size: int = 1, temperature: float | No
     info = mdnrnn_info(run_dir)
     if temperature is None:
         temperature = float(info.get("temperature") or 1.0)
+    if isinstance(mdnrnn, CodeRNN):
+        codes, source = start_codes(run_dir, vae, vae_model, info.get("vae"), start,
+                                    start_episodes, start_tracks)
+        return BatchedCodeDream(mdnrnn, codes, vae=vae, batch_size=batch_size,
+                                temperature=temperature, device=device, source=source,
+                                **kwargs)
     mu, logvar, source = start_states(run_dir, vae, vae_model, info.get("vae"), start,
                                       start_episodes, start_tracks)
     return BatchedDream(mdnrnn, mu, logvar, vae=vae, batch_size=batch_size,

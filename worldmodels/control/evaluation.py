@@ -302,9 +302,14 @@ def worker_bundle(vae: torch.nn.Module, mdnrnn: torch.nn.Module, *,
     :param precision: V's encoder in ``fp32``, ``bf16`` or ``auto`` (decided by each
         worker's machine), and ``z``: ``mu`` or ``sample`` (see
         :class:`~worldmodels.control.agent.WorldModelAgent`)."""
-    bundle = {
-        "vae": {"hparams": dict(vae.hparams), "state_dict": vae.state_dict()},
-        "mdnrnn": {"hparams": dict(mdnrnn.hparams), "state_dict": mdnrnn.state_dict()},
+    from worldmodels.generative import VQVAE
+    from worldmodels.memory.mdnrnn import mdnrnn_model_config
+
+    bundle = {  # "model": which V and M (a VAE and its MDN-RNN, or a VQ-VAE and its CodeRNN)
+        "vae": {"hparams": dict(vae.hparams), "state_dict": vae.state_dict(),
+                "model": "vqvae" if isinstance(vae, VQVAE) else "vae"},
+        "mdnrnn": {"hparams": dict(mdnrnn.hparams), "state_dict": mdnrnn.state_dict(),
+                   "model": mdnrnn_model_config(mdnrnn)["model"]},
         "controller_kwargs": dict(controller_kwargs or {}),
         "device": str(device),
         "batch_invariant": bool(batch_invariant),
@@ -325,14 +330,15 @@ class WorkerState:
     """
 
     def __init__(self, bundle: bytes, device: str | None = None) -> None:
-        from worldmodels.generative import ConvVAE
-        from worldmodels.memory.mdnrnn import MDNRNN
+        from worldmodels.generative.registry import build_model
+        from worldmodels.memory.mdnrnn import build_mdnrnn
         from worldmodels.utils.torch import resolve_device
 
         data = torch.load(io.BytesIO(bundle), map_location="cpu", weights_only=True)
-        vae = ConvVAE(**data["vae"]["hparams"])
+        vae = build_model({"model": data["vae"].get("model", "vae"), **data["vae"]["hparams"]})
         vae.load_state_dict(data["vae"]["state_dict"])
-        mdnrnn = MDNRNN(**data["mdnrnn"]["hparams"])
+        mdnrnn = build_mdnrnn({"model": data["mdnrnn"].get("model", "mdnrnn"),
+                               **data["mdnrnn"]["hparams"]})
         mdnrnn.load_state_dict(data["mdnrnn"]["state_dict"])
         self.controller_kwargs: dict[str, Any] = data["controller_kwargs"]
         self.action_repeat = int(data.get("action_repeat", 1))

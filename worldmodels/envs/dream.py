@@ -46,6 +46,14 @@ AVX512-BF16 or AMX the products run 2-3x faster than fp32); the cell state, the 
 element-wise passes and the sampling always stay in fp32. ``tanh`` is computed as
 ``2 sigmoid(2x) - 1`` (equal to 1e-7; PyTorch's CPU ``tanh`` is several times slower).
 
+**A discrete dream** (:class:`BatchedCodeDream`): with V a VQ-VAE (van den Oord et al. 2017,
+arXiv:1711.00937) and M a :class:`~worldmodels.memory.CodeRNN`, the latent is a code grid;
+each cell's next code is drawn from M's categorical at temperature ``tau``
+(``softmax(logits / tau)``, the argmax at ``tau = 0``), the observation is ``[z_q, h]`` with
+``z_q`` the codes' codebook vectors (what the agent's C reads in the real environment), and
+``render()`` decodes the codes with the VQ-VAE. Episodes start from the codes of real first
+frames. Everything else (keys, bookkeeping, reward and done) is the continuous dream's.
+
 Shapes: ``B`` episodes, ``D`` latent size (32), ``H`` LSTM units (256), ``A = 3`` actions,
 ``K`` mixture components (5), ``P`` candidates, ``T`` trials.
 """
@@ -64,13 +72,16 @@ from torch import nn
 
 from worldmodels.envs.keyed_noise import _seed_key, _slot_codes, keyed_uniform
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.memory.mdnrnn import MDNRNN
+from worldmodels.generative import VQVAE, ConvVAE
+from worldmodels.memory.mdnrnn import MDNRNN, CodeRNN, codes_to_latent
 from worldmodels.utils.torch import resolve_device
 
 __all__ = [
     "DreamEnv",
     "BatchedDream",
+    "BatchedCodeDream",
     "decode_frames",
+    "check_world_model",
     "keyed_uniform",
     "DONE_MODES",
     "PRECISIONS",
@@ -91,11 +102,47 @@ _RESET_COUNTER = 0  # counter of the start state; step t (1-based) uses counter 
 # ------------------------------------------------------------------------ M's pieces
 
 
+def check_world_model(vae: torch.nn.Module, mdnrnn: torch.nn.Module) -> None:
+    """V and M that the agent can drive with: a :class:`ConvVAE` and an :class:`MDNRNN`
+    reading its z, or a :class:`VQVAE` and a :class:`CodeRNN` reading its code grids.
+
+    :raises DataError: another pair (the message says what to retrain)."""
+    if isinstance(vae, VQVAE):
+        if not isinstance(mdnrnn, CodeRNN):
+            raise DataError(f"V is a VQ-VAE but M is {type(mdnrnn).__name__}: train M on the "
+                            "VQ-VAE's codes (encode.py --model vqvae, then train_mdnrnn.py)")
+        cells = vae.grid_size[0] * vae.grid_size[1]
+        if (mdnrnn.codebook_size, mdnrnn.grid_cells) != (vae.codebook_size, cells) \
+                or mdnrnn.action_dim != ACTION_DIM:
+            raise DataError(f"M reads {mdnrnn.grid_cells} codes of {mdnrnn.codebook_size} and "
+                            f"actions of size {mdnrnn.action_dim}, but V gives {cells} codes of "
+                            f"{vae.codebook_size} and CarRacing's action {ACTION_DIM}: M was "
+                            "trained on another V")
+        return
+    if not isinstance(vae, ConvVAE):
+        raise DataError(f"the agent needs a VAE (ConvVAE) or a VQ-VAE as V, got "
+                        f"{type(vae).__name__}")
+    if not isinstance(mdnrnn, MDNRNN):
+        raise DataError(f"the agent needs the continuous MDN-RNN, got "
+                        f"{type(mdnrnn).__name__}")
+    if mdnrnn.latent_dim != vae.latent_dim or mdnrnn.action_dim != ACTION_DIM:
+        raise DataError(f"M reads z of size {mdnrnn.latent_dim} and actions of size "
+                        f"{mdnrnn.action_dim}, but V's z has size {vae.latent_dim} and "
+                        f"CarRacing's action {ACTION_DIM}: M was trained on another V")
+
+
+
 
 @torch.no_grad()
 def decode_frames(vae: nn.Module, z: torch.Tensor) -> np.ndarray:
-    """V's decoder as images: z (B, D) -> (B, 64, 64, 3) uint8 (``round(255 x)``)."""
-    p = vae.fc_decode.weight
+    """V's decoder as images: z (B, D) -> (B, 64, 64, 3) uint8 (``round(255 x)``); for a
+    :class:`~worldmodels.generative.VQVAE`, z is the flat quantised latent (B, C h w) (what
+    :func:`~worldmodels.memory.mdnrnn.codes_to_latent` gives), decoded as (B, C, h, w)."""
+    if isinstance(vae, VQVAE):
+        p = vae.decoder[0].weight
+        z = z.reshape(len(z), vae.code_dim, *vae.grid_size)
+    else:
+        p = vae.fc_decode.weight
     x = vae.decode(z.to(p.device, p.dtype)).float()
     x = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -160,8 +207,34 @@ class BatchedDream:
                logvar: np.ndarray, source: str, batch_size: int, temperature: float,
                device: torch.device, max_steps: int, done: str, precision: str) -> None:
         if not isinstance(mdnrnn, MDNRNN):
+            hint = (": a CodeRNN dreams in a BatchedCodeDream" if isinstance(mdnrnn, CodeRNN)
+                    else "")
             raise DataError(f"the dream needs the continuous MDN-RNN, got "
-                            f"{type(mdnrnn).__name__}")
+                            f"{type(mdnrnn).__name__}{hint}")
+        self._check_settings(mdnrnn, batch_size, temperature, max_steps, done, precision)
+        D, H, K = mdnrnn.latent_dim, mdnrnn.hidden_dim, mdnrnn.num_gaussians
+        if mu.ndim != 2 or mu.shape[1] != D or mu.shape != logvar.shape or len(mu) == 0:
+            raise DataError(f"start states must be (N, {D}) mu and logvar, got "
+                            f"{mu.shape} and {logvar.shape}")
+        self.latent_dim, self.num_gaussians = D, K
+        self._configure(mdnrnn, vae, source, batch_size, temperature, device, max_steps, done,
+                        precision)
+        self.start_mu = torch.as_tensor(mu, dtype=torch.float32, device=device)
+        self.start_std = torch.as_tensor(logvar, dtype=torch.float32, device=device).mul(0.5).exp()
+        # The mixture head's outputs reordered from (3, D, K) to (3, K, D): reductions over
+        # the K components then run across contiguous (B, D) slices (a softmax over a
+        # trailing dimension of 5 is several times slower on CPU).
+        mdn = self.mdnrnn.mdn
+        w_mix = mdn.weight.view(3, D, K, H).transpose(1, 2).reshape(3 * K * D, H)
+        b_mix = mdn.bias.view(3, D, K).transpose(1, 2).reshape(3 * K * D)
+        self._fuse(w_mix, b_mix, input_dim=D)
+        self._slots = _slot_codes(2 * D + 1, device)  # component (D), normal (D), done (1)
+        self._done_slot = 2 * D
+        self._reset_state(0)
+
+    @staticmethod
+    def _check_settings(mdnrnn: nn.Module, batch_size: int, temperature: float,
+                        max_steps: int, done: str, precision: str) -> None:
         if mdnrnn.action_dim != ACTION_DIM:
             raise DataError(f"M reads actions of size {mdnrnn.action_dim}, CarRacing's are "
                             f"{ACTION_DIM}")
@@ -175,15 +248,16 @@ class BatchedDream:
         if int(max_steps) < 1 or int(batch_size) < 1:
             raise ConfigError(f"max_steps and batch_size must be >= 1, got {max_steps} and "
                               f"{batch_size}")
-        D, H, K = mdnrnn.latent_dim, mdnrnn.hidden_dim, mdnrnn.num_gaussians
-        if mu.ndim != 2 or mu.shape[1] != D or mu.shape != logvar.shape or len(mu) == 0:
-            raise DataError(f"start states must be (N, {D}) mu and logvar, got "
-                            f"{mu.shape} and {logvar.shape}")
+
+    def _configure(self, mdnrnn: nn.Module, vae: nn.Module | None, source: str,
+                   batch_size: int, temperature: float, device: torch.device, max_steps: int,
+                   done: str, precision: str) -> None:
+        """The settings both dreams share (``latent_dim`` set before)."""
         self.device = device
         self.mdnrnn = mdnrnn.to(device).eval()
         self.vae = None if vae is None else vae.to(device).eval()
-        self.latent_dim, self.hidden_dim, self.num_gaussians = D, H, K
-        self.obs_dim = D + H
+        self.hidden_dim = H = mdnrnn.hidden_dim
+        self.obs_dim = self.latent_dim + H
         self.batch_size = self.default_batch_size = int(batch_size)
         self.temperature = float(temperature)
         self.max_steps = int(max_steps)
@@ -192,22 +266,22 @@ class BatchedDream:
             precision = "bf16" if device.type == "cuda" else "fp32"
         self.precision = precision
         self.start_source = source
-        self.start_mu = torch.as_tensor(mu, dtype=torch.float32, device=device)
-        self.start_std = torch.as_tensor(logvar, dtype=torch.float32, device=device).mul(0.5).exp()
+        self._sqrt_tau = math.sqrt(self.temperature)
+        self._next_seed: int | None = None
+        self.seeds: list[int] = []
 
-        # Fused weights: one product for the four gates, one for all the heads.
+    def _fuse(self, w_latent: torch.Tensor, b_latent: torch.Tensor, input_dim: int) -> None:
+        """One product for the four LSTM gates, one for all the heads: the latent head
+        (``w_latent`` (n, H), ``b_latent`` (n,)) first, then reward and done.
+
+        :param input_dim: size of M's latent input, before the action in the LSTM's input."""
+        precision = self.precision
         lstm = self.mdnrnn.lstm
         gate_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         w = torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], dim=1).float()  # (4H, D+A+H)
         self._w_gates = w.t().contiguous().to(gate_dtype)  # (D+A+H, 4H)
         self._b_gates = (lstm.bias_ih_l0 + lstm.bias_hh_l0).float()
-        # The mixture head's outputs reordered from (3, D, K) to (3, K, D): reductions over
-        # the K components then run across contiguous (B, D) slices (a softmax over a
-        # trailing dimension of 5 is several times slower on CPU).
-        mdn = self.mdnrnn.mdn
-        w_mix = mdn.weight.view(3, D, K, H).transpose(1, 2).reshape(3 * K * D, H)
-        b_mix = mdn.bias.view(3, D, K).transpose(1, 2).reshape(3 * K * D)
-        weights, biases = [w_mix], [b_mix]
+        weights, biases = [w_latent], [b_latent]
         self._has_reward = self.mdnrnn.reward_head is not None
         self._has_done = self.mdnrnn.done_head is not None
         for head in (self.mdnrnn.reward_head, self.mdnrnn.done_head):
@@ -216,11 +290,8 @@ class BatchedDream:
                 biases.append(head.bias)
         self._w_heads = torch.cat(weights).float().t().contiguous().to(gate_dtype)  # (H, 3KD+2)
         self._b_heads = torch.cat(biases).float()
-        self._slots = _slot_codes(2 * D + 1, device)  # component (D), normal (D), done (1)
-        self._sqrt_tau = math.sqrt(self.temperature)
-        self._next_seed: int | None = None
-        self.seeds: list[int] = []
-        self._reset_state(0)
+        self._input_dim = int(input_dim)
+        self._latent_outputs = len(b_latent)
 
     # ------------------------------------------------------------------------ state
 
@@ -239,7 +310,8 @@ class BatchedDream:
         self.t = 0
         self._any_done = True
         # the LSTM's input [z, a, h], in the gate product's dtype (filled in place, no copy)
-        self._x = torch.zeros(B, D + ACTION_DIM + H, device=dev, dtype=self._w_gates.dtype)
+        self._x = torch.zeros(B, self._input_dim + ACTION_DIM + H, device=dev,
+                              dtype=self._w_gates.dtype)
 
     @property
     def observation(self) -> torch.Tensor:
@@ -271,16 +343,33 @@ class BatchedDream:
         self.seeds = seeds
         self._next_seed = (seeds[-1] + 1) % 2**63
         self._reset_state(B)
-        dev, D = self.device, self.latent_dim
-        self.keys = torch.tensor([_seed_key(s) for s in seeds], dtype=torch.int64, device=dev)
+        self.keys = torch.tensor([_seed_key(s) for s in seeds], dtype=torch.int64,
+                                 device=self.device)
+        self._start()
+        self.done.zero_()
+        self._any_done = False
+        return self.observation
+
+    def _start(self) -> None:
+        """The start latents of the rows of :attr:`keys`: a real first frame's posterior,
+        chosen and sampled by the keyed uniforms of counter 0."""
+        D = self.latent_dim
         u = keyed_uniform(self.keys, _RESET_COUNTER, self._slots[:D + 1])  # (B, D+1)
         N = len(self.start_mu)
         index = (u[:, 0] * N).long().clamp_(max=N - 1)
         eps = torch.special.ndtri(u[:, 1:])
         self.z = self.start_mu[index] + self.start_std[index] * eps
-        self.done.zero_()
-        self._any_done = False
-        return self.observation
+
+    # The latent state M reads and the sampler draws: z here, the codes in BatchedCodeDream.
+    def _latent(self) -> torch.Tensor:
+        return self.z
+
+    def _set_latent(self, latent: torch.Tensor) -> None:
+        self.z = latent
+
+    def _write_latent(self, x: torch.Tensor) -> None:
+        """M's latent input into the LSTM's input buffer ``x`` (B, input_dim)."""
+        x[:] = self.z
 
     def _sample(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """z_{t+1} (B, D) from the mixture params (B, 3KD), laid out (3, K, D), and
@@ -312,7 +401,7 @@ class BatchedDream:
             :attr:`truncated`, :attr:`returns` (B,) float64, :attr:`lengths`,
             :attr:`done_prob` (M's ``P(done)``).
         """
-        B, D, H = self.batch_size, self.latent_dim, self.hidden_dim
+        B, H = self.batch_size, self.hidden_dim
         if len(self.seeds) != B or self.z.shape[0] != B:
             raise RuntimeError("call reset() before step()")
         a = torch.as_tensor(actions, device=self.device).to(torch.float32)
@@ -321,10 +410,10 @@ class BatchedDream:
                              f"{tuple(a.shape)}")
         self.t += 1
         finished = self.done.clone()
-        x = self._x
-        x[:, :D] = self.z
-        x[:, D:D + ACTION_DIM] = a
-        x[:, D + ACTION_DIM:] = self.h
+        x, n_in = self._x, self._input_dim
+        self._write_latent(x[:, :n_in])
+        x[:, n_in:n_in + ACTION_DIM] = a
+        x[:, n_in + ACTION_DIM:] = self.h
         # -- LSTM cell (PyTorch's gate order i, f, g, o)
         with torch.autocast(device_type=self.device.type, enabled=False):
             if self._w_gates.dtype == torch.float32:
@@ -340,10 +429,10 @@ class BatchedDream:
             else:
                 heads = torch.mm(h.to(self._w_heads.dtype), self._w_heads).float()
                 heads.add_(self._b_heads)
-        n_mix = 3 * D * self.num_gaussians
+        n_latent = self._latent_outputs
         u = keyed_uniform(self.keys, self.t, self._slots)  # (B, 2D+1)
-        z = self._sample(heads[:, :n_mix], u)
-        col = n_mix
+        latent = self._sample(heads[:, :n_latent], u)
+        col = n_latent
         reward = torch.zeros(B, device=self.device)
         if self._has_reward:
             reward = heads[:, col].clone()
@@ -353,16 +442,18 @@ class BatchedDream:
         if self._has_done:
             logit = heads[:, col]
             done_prob = torch.sigmoid(logit)
-            terminated = logit > 0 if self.done_mode == "threshold" else u[:, 2 * D] < done_prob
+            terminated = (logit > 0 if self.done_mode == "threshold"
+                          else u[:, self._done_slot] < done_prob)
         # -- finished rows keep their state; the others advance
         if self._any_done:
             keep = finished[:, None]
-            z = torch.where(keep, self.z, z)
+            latent = torch.where(keep, self._latent(), latent)
             h = torch.where(keep, self.h, h)
             c = torch.where(keep, self.c, c)
             reward = reward.masked_fill_(finished, 0.0)
             done_prob = torch.where(finished, self.done_prob, done_prob)
-        self.z, self.h, self.c, self.done_prob = z, h, c, done_prob
+        self._set_latent(latent)
+        self.h, self.c, self.done_prob = h, c, done_prob
         self.terminated |= terminated & ~finished
         if self.t >= self.max_steps:
             self.truncated |= ~finished & ~self.terminated
@@ -378,6 +469,111 @@ class BatchedDream:
         if self.vae is None:
             raise DataError("this dream has no V to decode its latents with")
         return decode_frames(self.vae, self.z if z is None else z)
+
+
+class BatchedCodeDream(BatchedDream):
+    """``B`` dream episodes of a discrete world model: a VQ-VAE's code grids stepped by a
+    :class:`~worldmodels.memory.CodeRNN` (van den Oord et al. 2017, arXiv:1711.00937, for
+    the codes; Ha & Schmidhuber 2018, sec. 4, for the dream).
+
+    ::
+
+        dream = BatchedCodeDream(code_rnn, start_codes, vae=vqvae, batch_size=1024)
+        obs = dream.reset(seed=0)                  # (B, D+H): [z_q(codes_0), h_0]
+        obs, reward, done = dream.step(actions)   # as BatchedDream
+
+    The same episode bookkeeping, keyed noise, fused LSTM and reward/done heads as
+    :class:`BatchedDream`; what differs is the latent. M's LSTM reads its embedding of the
+    codes, its head gives logits (cells, K), and every cell's next code is drawn from its own
+    tempered categorical, by inverse CDF of one keyed uniform per cell::
+
+        c_{t+1, i} ~ softmax(logits_i / tau)        (tau = 0: argmax, deterministic)
+
+    The observation is ``[z_q, h]``, ``z_q`` the codes' codebook vectors flattened
+    (:func:`~worldmodels.memory.mdnrnn.codes_to_latent`: what the agent's C reads in the real
+    environment), :attr:`codes` (B, cells) the codes themselves, and :meth:`decode` is the
+    VQ-VAE's decoder of them. An episode starts from the code grid of a real first frame
+    (chosen by the episode's key; no noise: a VQ-VAE's encoding is deterministic).
+
+    :param mdnrnn: M, a :class:`~worldmodels.memory.CodeRNN`.
+    :param start_codes: (N, cells) or (N, h, w) integer code grids of real first frames
+        (``worldmodels.run.start_codes`` reads them from a run).
+    :param vae: V, the :class:`~worldmodels.generative.VQVAE` whose codes M reads (its
+        codebook gives ``z_q``, its decoder :meth:`decode`).
+    :param batch_size, temperature, device, max_steps, done, precision, source: as
+        :class:`BatchedDream`.
+    """
+
+    def __init__(self, mdnrnn: CodeRNN, start_codes: np.ndarray | torch.Tensor, *,
+                 vae: VQVAE, batch_size: int = 1, temperature: float = 1.0,
+                 device: str | torch.device = "auto", max_steps: int = 1000,
+                 done: str = "threshold", precision: str = "auto",
+                 source: str = "given") -> None:
+        self._setup_codes(mdnrnn, vae, np.asarray(start_codes), source, batch_size,
+                          temperature, resolve_device(device), max_steps, done, precision)
+
+    @torch.no_grad()
+    def _setup_codes(self, mdnrnn: CodeRNN, vae: VQVAE, codes: np.ndarray, source: str,
+                     batch_size: int, temperature: float, device: torch.device,
+                     max_steps: int, done: str, precision: str) -> None:
+        if not isinstance(vae, VQVAE):
+            raise DataError(f"the code dream needs the VQ-VAE whose codes M reads (its "
+                            f"codebook gives z_q), got {type(vae).__name__}")
+        check_world_model(vae, mdnrnn)
+        self._check_settings(mdnrnn, batch_size, temperature, max_steps, done, precision)
+        cells, K = mdnrnn.grid_cells, mdnrnn.codebook_size
+        if codes.ndim < 2 or len(codes) == 0 or np.issubdtype(codes.dtype, np.floating):
+            raise DataError(f"start codes must be (N, {cells}) integers, got {codes.shape} "
+                            f"{codes.dtype}")
+        codes = codes.reshape(len(codes), -1)
+        if codes.shape[1] != cells or codes.min() < 0 or codes.max() >= K:
+            raise DataError(f"start codes must be (N, {cells}) in [0, {K}), got shape "
+                            f"{codes.shape} and values {codes.min()}..{codes.max()}")
+        self.grid_cells, self.codebook_size = cells, K
+        self.latent_dim = vae.latent_dim  # C x cells: z_q
+        self._configure(mdnrnn, vae, source, batch_size, temperature, device, max_steps, done,
+                        precision)
+        self.start_codes = torch.as_tensor(codes, dtype=torch.int64, device=device)
+        self._codebook = self.vae.quantizer.codebook.detach().float().clone()  # (K, C)
+        self._embed = self.mdnrnn.embed.weight.detach().float().clone()  # (K, E)
+        head = self.mdnrnn.head  # (cells K, H): the logits of cell i are rows i K .. i K + K-1
+        self._fuse(head.weight, head.bias, input_dim=cells * self._embed.shape[1])
+        self._slots = _slot_codes(cells + 1, device)  # one uniform per cell, done (1)
+        self._done_slot = cells
+        self._reset_state(0)
+
+    def _reset_state(self, B: int) -> None:
+        super()._reset_state(B)
+        self.codes = torch.zeros(B, self.grid_cells, dtype=torch.int64, device=self.device)
+
+    def _start(self) -> None:
+        u = keyed_uniform(self.keys, _RESET_COUNTER, self._slots[:1])  # (B, 1)
+        N = len(self.start_codes)
+        index = (u[:, 0] * N).long().clamp_(max=N - 1)
+        self._set_latent(self.start_codes[index])
+
+    def _latent(self) -> torch.Tensor:
+        return self.codes
+
+    def _set_latent(self, latent: torch.Tensor) -> None:
+        self.codes = latent
+        self.z = codes_to_latent(self._codebook, latent)
+
+    def _write_latent(self, x: torch.Tensor) -> None:
+        x[:] = self._embed[self.codes].flatten(1)  # M's embedding, cell by cell (raster order)
+
+    def _sample(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """codes_{t+1} (B, cells) from the logits (B, cells K) and uniforms (B, >= cells):
+        ``softmax(logits_i / tau)`` by inverse CDF, or the argmax at ``tau = 0``."""
+        B, cells, K = logits.shape[0], self.grid_cells, self.codebook_size
+        logits = logits.view(B, cells, K)
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        scaled = logits / self.temperature
+        weights = scaled.sub_(scaled.amax(dim=-1, keepdim=True)).exp_()
+        cdf = weights.cumsum_(dim=-1)  # unnormalised: compare with u * total
+        threshold = u[:, :cells, None] * cdf[..., K - 1:]
+        return (cdf < threshold).sum(dim=-1).clamp_(max=K - 1)
 
 
 # ------------------------------------------------------------------------ the gymnasium env
@@ -399,6 +595,8 @@ class DreamEnv(gym.Env):
       after ``max_steps`` steps; ``info``: ``done_prob`` (M's ``P(done)``), ``step``;
     * ``reset(seed=s)`` fixes the whole episode (see :class:`BatchedDream`); ``reset()``
       draws the next episode seed from the env's ``np_random``;
+    * with a :class:`BatchedCodeDream` (a VQ-VAE and its CodeRNN), ``z_t`` is the quantised
+      latent ``z_q`` of the sampled code grid (C h w numbers) and ``info`` also has ``codes``;
     * ``render_mode="rgb_array"``: ``render()`` returns V's decoding of ``z_t``, (64, 64, 3)
       uint8, or (64 s, 64 s, 3) with ``render_scale=s``; ``"human"``: a pygame window
       (6x, with the step and the return).
@@ -463,6 +661,8 @@ class DreamEnv(gym.Env):
         if self.render_mode == "human":
             self.render()
         info = {"done_prob": float(self.dream.done_prob[0]), "step": self.dream.t}
+        if isinstance(self.dream, BatchedCodeDream):
+            info["codes"] = self.dream.codes[0].cpu().numpy().copy()
         return (self._obs(), float(reward[0]), bool(self.dream.terminated[0]),
                 bool(self.dream.truncated[0]), info)
 

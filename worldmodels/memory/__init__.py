@@ -7,7 +7,8 @@
   reward and done heads; temperature sampling for the dream; :meth:`MDNRNN.step` for inference.
 * :class:`CodeRNN`, :func:`sample_next_codes`: the same
   memory for a VQ-VAE latent (van den Oord et al. 2017, arXiv:1711.00937), a categorical over
-  the codebook per grid cell.
+  the codebook per grid cell; :func:`codes_to_latent`: a code grid's quantised latent z_q,
+  flat, what the controller reads beside ``h`` when M is discrete.
 
 Heads, mixture NLLs and sampling run in fp32 under autocast; M's training objective is
 :func:`worldmodels.stages.train_mdnrnn.sequence_losses`.
@@ -19,6 +20,7 @@ from worldmodels.memory.mdnrnn import (
     CodeRNNOutput,
     MDNOutput,
     build_mdnrnn,
+    codes_to_latent,
     gmm_nll,
     mixture_nll,
     sample_next,
@@ -34,5 +36,6 @@ __all__ = [
     "CodeRNN",
     "CodeRNNOutput",
     "sample_next_codes",
+    "codes_to_latent",
     "build_mdnrnn",
 ]

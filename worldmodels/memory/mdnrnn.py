@@ -47,6 +47,7 @@ __all__ = [
     "CodeRNNOutput",
     "CodeRNN",
     "sample_next_codes",
+    "codes_to_latent",
     "build_mdnrnn",
     "mdnrnn_model_config",
 ]
@@ -452,6 +453,14 @@ class CodeRNN(_RecurrentMemory):
         logits = logits.unflatten(-1, (self.grid_cells, self.codebook_size))
         return CodeRNNOutput(logits, reward, done_logit, state)
 
+    def predict(self, h: torch.Tensor) -> CodeRNNOutput:
+        """M's heads on hidden states ``h`` (..., H): the logits (..., cells, K) of the next
+        codes (and the reward and done logit) that :meth:`forward` gives after its LSTM;
+        ``state`` is None. ``watch.py`` reads M's prediction this way."""
+        logits, reward, done_logit = self._heads(self.head, h)
+        logits = logits.unflatten(-1, (self.grid_cells, self.codebook_size))
+        return CodeRNNOutput(logits, reward, done_logit, None)
+
     def step(
         self, codes: torch.Tensor, a: torch.Tensor, state: State | None = None
     ) -> tuple[CodeRNNOutput, State]:
@@ -476,6 +485,22 @@ def sample_next_codes(
     if temperature == 0:
         return out_step.logits.argmax(dim=-1)
     return _gumbel_argmax(_fp32(out_step.logits) / temperature, generator).squeeze(-1)
+
+
+def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The quantised latent ``z_q`` of code grids, flat: what C reads with a discrete M.
+
+    ``z_q[b, d, i] = codebook[codes[b, i], d]`` laid out channel-major, (B, C, cells) flattened
+    to (B, C * cells): the layout of ``VQVAE.quantizer.embed(codes).flatten(1)`` (its decoder's
+    input (B, C, h, w), flattened), so ``VQVAE.decode(z_q.view(B, C, h, w))`` draws it. A
+    lookup: the same bytes whatever the batch.
+
+    :param codebook: (K, C) code vectors (``VQVAE.quantizer.codebook``).
+    :param codes: (B, cells) or (B, h, w) integer codes in ``[0, K)``.
+    :return: (B, C * cells) in the codebook's dtype.
+    """
+    flat = codes.reshape(codes.shape[0], -1).long()
+    return codebook[flat].transpose(1, 2).reshape(flat.shape[0], -1)
 
 
 # ----------------------------------------------------------------------------- registry
