@@ -342,8 +342,9 @@ def save_random_vq_world_model(run_dir: str | Path, *, hidden_dim: int = 256, se
     """:func:`save_random_world_model` for the discrete world model: a randomly initialised
     VQ-VAE (``<run>/vqvae/best.pt``; ``vqvae_kwargs`` its constructor's, e.g. a small
     ``hidden_channels``) and a :class:`~worldmodels.memory.CodeRNN` over its codes
-    (``<run>/mdnrnn/best.pt``). The codebook is spread over what the random encoder gives
-    (its outputs on smooth random images), so that frames map to many codes."""
+    (``<run>/mdnrnn/best.pt``, recording V's identity as ``train_mdnrnn`` does). The codebook
+    is spread over what the random encoder gives (its outputs on smooth random images), so
+    that frames map to many codes."""
     run_dir = Path(run_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -360,9 +361,10 @@ def save_random_vq_world_model(run_dir: str | Path, *, hidden_dim: int = 256, se
                          code_embed_dim=code_embed_dim)
     save_checkpoint(run_dir / "vqvae" / "best.pt", kind="vqvae", model=vae,
                     model_config={"model": "vqvae", **vae.hparams}, step=0)
+    _, identity = load_encoder(run_dir, "vqvae", layout=False)  # as train_mdnrnn records it
     save_checkpoint(run_dir / MDNRNN_KIND / "best.pt", kind=MDNRNN_KIND, model=mdnrnn,
                     model_config=mdnrnn_model_config(mdnrnn), step=0,
-                    extra={"vae": {"model": "vqvae"}})
+                    extra={"vae": identity})
     return run_dir
 
 
