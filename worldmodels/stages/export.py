@@ -8,7 +8,7 @@ unchanged), and only what using and understanding the agent needs::
     <out>/
       MANIFEST.json              every other file: size and SHA-256; source run, date, commit
       config.json                the run's resolved config, as it was
-      <vae|betavae>/best.pt      V (the one M was trained on), float tensors in fp16
+      <vae|betavae|vqvae>/best.pt  V (the one M was trained on), float tensors in fp16
       mdnrnn/best.pt             M, float tensors in fp16
       controller/best.pt         C, fp32, exactly the trained weights, with its history
       curves/<stage>.csv|png     every <run>/<stage>/metrics.jsonl as a table and a plot
@@ -18,7 +18,10 @@ unchanged), and only what using and understanding the agent needs::
 Checkpoints keep ``kind``, ``step``, ``epoch``, ``model_config``, ``metrics`` and the small
 ``extra`` entries (M's ``vae`` and ``train``, C's ``history`` and ``vae_model``...); the
 optimiser, scheduler and RNG states and tensor-valued extras (C's CMA-ES state) are
-dropped: an export is for using the agent, not for resuming its training.
+dropped: an export is for using the agent, not for resuming its training. A run whose V is
+a VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) and M a CodeRNN exports the same way
+(the codebook in fp16 too); its code prior (``vqvae/prior.pt``, for sampling images, not
+used by the agent) is not exported.
 ``load_state_dict`` copies the fp16 tensors into the fp32 parameters of a freshly built
 model, so V and M run in fp32 with weights rounded to fp16 (relative error <= 2^-11).
 
@@ -97,9 +100,6 @@ def _sources(run: Path) -> dict[str, Any]:
 
     mdnrnn = _stage_checkpoint(run, STAGE, f"scripts/train_mdnrnn.py --run {run}")
     vae_model = mdnrnn_info(run)["vae_model"] or "vae"
-    if vae_model not in ("vae", "betavae"):
-        raise DataError(f"cannot export {run}: M was trained on {vae_model!r} latents, and the "
-                        "agent needs a continuous V ('vae' or 'betavae')")
     vae = _stage_checkpoint(run, vae_model,
                             f"scripts/train_vae.py --run {run} --model {vae_model}")
     controller = _stage_checkpoint(run, CONTROLLER_KIND,
@@ -152,14 +152,14 @@ def _resave(source: Mapping[str, Any], net: nn.Module, path: Path, dtype: torch.
 def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path) -> dict[str, Any]:
     """V, M (fp16) and C (fp32) into ``tmp``; returns what the manifest says of them."""
     from worldmodels.control.controller import Controller
-    from worldmodels.generative.registry import build_model
+    from worldmodels.generative.registry import KINDS, build_model
     from worldmodels.memory.mdnrnn import build_mdnrnn
     from worldmodels.run import CONTROLLER_KIND, load_encoder
     from worldmodels.stages.train_mdnrnn import STAGE
     from worldmodels.utils.checkpoint import weights_sha256
 
     vae_model, best = src["vae_model"], CheckpointManager.BEST
-    v = load_checkpoint(src["vae"], kind="vae")
+    v = load_checkpoint(src["vae"], kind=KINDS[vae_model])
     m = load_checkpoint(src["mdnrnn"], kind=STAGE)
     c = load_checkpoint(src["controller"], kind=CONTROLLER_KIND)
 

@@ -16,6 +16,11 @@ Experiment: Procedure"):
 7. record one episode (:func:`worldmodels.stages.watch.main`), as long as C's training
    episodes at most, to ``<run>/videos/pipeline.mp4``.
 
+``vae.model = "vqvae"`` runs the same pipeline on a discrete world model (a VQ-VAE, van den
+Oord et al. 2017, arXiv:1711.00937; its code grids encoded; M a CodeRNN over them; C on the
+quantised latent ``z_q`` and ``h``): ``--preset smoke --set vae.model=vqvae``, or the
+``smoke-vqvae`` preset.
+
 Every stage resumes or returns at once when finished (the stage functions themselves check),
 so re-running the same command continues an interrupted pipeline and a finished one costs
 seconds: the evaluation, the references and the video are cached in
@@ -104,6 +109,8 @@ def _metric(stage: str, s: dict[str, Any]) -> str:
     if stage == "vae":
         return f"{s['model']} val loss {s.get('val/loss', float('nan')):.4g} ({s['steps']} steps)"
     if stage == "encode":
+        if s.get("kind") == "codes":
+            return f"{s['frames']:,} frames -> code grids of {s['latent_dim']} cells"
         return f"{s['frames']:,} frames -> z of dim {s['latent_dim']}"
     if stage == "mdnrnn":
         if "val/nll" in s:
@@ -156,7 +163,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, progress: bool | None = None,
     :return: ``rows`` (per stage: ``stage``, ``status`` ran|skipped, ``seconds``,
         ``metric``), ``summaries`` (each stage function's summary), ``evaluation``,
         ``baselines``, ``video`` (path or None), ``table`` (text), ``summary_path``.
-    :raises ConfigError: a V that gives no continuous ``z`` (the VQ-VAE), bad episode counts.
+    :raises ConfigError: bad episode counts.
     """
     from worldmodels.data.rollouts import DATASET_NAME
     from worldmodels.stages.collect import main as collect_main
@@ -166,9 +173,6 @@ def run_pipeline(cfg: Config, run_dir: str | Path, progress: bool | None = None,
     from worldmodels.stages.train_mdnrnn import train_mdnrnn
     from worldmodels.stages.train_vae import train_vae
 
-    if cfg.vae.model == "vqvae":
-        raise ConfigError("the pipeline's C reads a continuous z: use vae.model = 'vae' or "
-                          "'betavae' (the VQ-VAE has no controller)")
     episodes = min(100, cfg.controller.eval_episodes) if episodes is None else int(episodes)
     if episodes < 1 or seed < 0 or not 1 <= max_steps <= 1000:
         raise ConfigError(f"need episodes >= 1, seed >= 0 and max_steps in 1..1000; got "

@@ -34,6 +34,12 @@ new each generation (:func:`dream_generation_seed`). Step 5 is unchanged: the me
 in the *real* environment, which is what shows whether the dream-trained C transfers.
 ``early_stop_steps`` does not apply in the dream (M has no track tiles).
 
+**A discrete world model** (V a VQ-VAE, van den Oord et al. 2017, arXiv:1711.00937, M a
+:class:`~worldmodels.memory.CodeRNN`): the same loop; C reads the quantised latent ``z_q`` of
+the code grid (256 numbers for the default 8x8 grid of 4-d codes) beside ``h``
+(:class:`~worldmodels.control.agent.WorldModelAgent`), and the dream samples code grids
+(:class:`~worldmodels.envs.dream.BatchedCodeDream`).
+
 **Resume.** The checkpoint holds the whole CMA-ES state as plain data
 (:mod:`worldmodels.control.es_state`: mean, step size, covariance (upper triangle) and its
 eigen-decomposition, evolution paths, counters and the private NumPy generator it samples
@@ -263,6 +269,9 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
     vae, mdnrnn, vae_model = load_world_model(run_dir, k.vae_model, "cpu")
+    if vae_model == "vqvae" and k.z != "mu":
+        raise ConfigError(f"controller.z={k.z!r} samples a Gaussian posterior, but V in "
+                          f"{run_dir} is a VQ-VAE (its z_q is deterministic): use z='mu'")
     repeat = world_action_repeat(run_dir)
     if k.action_repeat not in (0, repeat):
         raise ConfigError(f"controller.action_repeat={k.action_repeat} but the world model in "

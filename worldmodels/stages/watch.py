@@ -15,7 +15,9 @@ git-tracked and listed in its MANIFEST.json, so nothing is written there). --env
 shows, side by side, the real frame, V's reconstruction of it and
 M's prediction of it from the previous step (the mean of the most likely mixture component,
 decoded by V); --env dream shows V's decoding of the dream's z (the agent acts on M's
-[z, h]). The header gives the episode, the step and the score. Episodes use seeds S, S+1,
+[z, h]). With a VQ-VAE as V (van den Oord et al. 2017, arXiv:1711.00937) the panels are the
+real frame, the VQ-VAE's reconstruction from its codes and M's most likely next codes
+decoded; the dream shows its sampled code grids decoded. The header gives the episode, the step and the score. Episodes use seeds S, S+1,
 ... (track seeds in the real env, episode seeds in the dream).
 """
 
@@ -67,9 +69,10 @@ def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
 
     import worldmodels.envs as envs
     from worldmodels.envs.dream import decode_frames
-    from worldmodels.memory.mdnrnn import sample_next
     from worldmodels.utils.video import annotate, fit, panels
 
+    names = ["real", "VQ reconstruction" if agent.discrete else "V reconstruction",
+             "M prediction"]
     env = gym.make(envs.FAST_ENV_ID)
     try:
         obs, _ = env.reset(seed=seed)
@@ -78,8 +81,7 @@ def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
         while True:
             if side_by_side:
                 recon = decode_frames(agent.vae, agent.encode(obs[None]))[0]
-                image = panels([obs, recon, predicted],
-                               ["real", "V reconstruction", "M prediction"], PANEL)
+                image = panels([obs, recon, predicted], names, PANEL)
             else:
                 image = fit(obs, SINGLE)
             yield annotate(image, [label, f"step {t}", f"score {total:.1f}",
@@ -87,9 +89,8 @@ def real_episode(agent: Any, seed: int, max_steps: int, side_by_side: bool,
             if ended:
                 return
             action = agent.act(obs[None])[0]  # also advances M: h_{t+1}
-            if side_by_side:  # M's guess of the next frame: most likely component's mean
-                out = agent.mdnrnn.predict(agent.state[0])
-                predicted = decode_frames(agent.vae, sample_next(out, 0.0))[0]
+            if side_by_side:  # M's guess of the next frame: its most likely next z
+                predicted = decode_frames(agent.vae, agent.predicted_z())[0]
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             t += 1
