@@ -18,8 +18,8 @@ Experiment: Procedure"):
 
 ``vae.model = "vqvae"`` runs the same pipeline on a discrete world model (a VQ-VAE, van den
 Oord et al. 2017, arXiv:1711.00937; its code grids encoded; M a CodeRNN over them; C on the
-quantised latent ``z_q`` and ``h``): ``--preset smoke --set vae.model=vqvae``, or the
-``smoke-vqvae`` preset.
+quantised latent ``z_q`` and ``h``): ``--preset smoke --set vae.model=vqvae``
+(docs/vqvae-agent.md).
 
 Every stage resumes or returns at once when finished (the stage functions themselves check),
 so re-running the same command continues an interrupted pipeline and a finished one costs
