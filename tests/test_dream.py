@@ -32,7 +32,8 @@ from worldmodels.control.dream_fitness import (
 )
 from worldmodels.data.latents import FORMAT, FORMAT_VERSION, latents_path
 from worldmodels.data.rollouts import episode_name
-from worldmodels.envs.dream import BatchedDream, DreamEnv, decode_frames, keyed_uniform
+from worldmodels.envs.dream import BatchedDream, decode_frames, keyed_uniform
+from worldmodels.envs.dream_env import DreamEnv
 from worldmodels.errors import DataError
 from worldmodels.memory.mdnrnn import MDNRNN, sample_next
 from worldmodels.run import load_dream, load_world_model, make_dream_env, save_random_world_model

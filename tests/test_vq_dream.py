@@ -24,7 +24,9 @@ from worldmodels.control.controller import Controller
 from worldmodels.control.dream_fitness import dream_rollout_returns, dream_trial_seeds
 from worldmodels.data.latents import FORMAT, FORMAT_VERSION, latents_path
 from worldmodels.data.rollouts import episode_name
-from worldmodels.envs.dream import BatchedCodeDream, BatchedDream, DreamEnv
+from worldmodels.envs.code_dream import BatchedCodeDream
+from worldmodels.envs.dream import BatchedDream
+from worldmodels.envs.dream_env import DreamEnv
 from worldmodels.errors import DataError
 from worldmodels.generative import VQVAE
 from worldmodels.memory.mdnrnn import MDNRNN, CodeRNN, codes_to_latent, sample_next_codes

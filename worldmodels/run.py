@@ -6,7 +6,7 @@ MDN-RNN) and C (a linear controller), trained in that order; each stage leaves i
 the run directory and the next stage reads it from there. V may also be a VQ-VAE (van den
 Oord et al. 2017, arXiv:1711.00937) with M a :class:`~worldmodels.memory.CodeRNN` over its
 code grids: the same loaders give that agent and its dream
-(:class:`~worldmodels.envs.dream.BatchedCodeDream`)::
+(:class:`~worldmodels.envs.code_dream.BatchedCodeDream`)::
 
     <run>/config.json                 the resolved settings of every stage run so far
     <run>/<vae|betavae|vqvae>/        V: best.pt (lowest validation loss), last.pt (resume)
@@ -489,13 +489,14 @@ def load_dream(run_dir: str | Path, batch_size: int = 1, temperature: float | No
                vae_model: str = "auto", start_episodes: int = 1000, start_tracks: int = 8,
                **kwargs: Any):
     """The :class:`~worldmodels.envs.dream.BatchedDream` of a run's V and M (a
-    :class:`~worldmodels.envs.dream.BatchedCodeDream` for a VQ-VAE and its CodeRNN).
+    :class:`~worldmodels.envs.code_dream.BatchedCodeDream` for a VQ-VAE and its CodeRNN).
 
     :param temperature: ``tau >= 0``; ``None`` takes the one M's training recorded, else 1.0.
     :param start: where ``z_0`` comes from (:func:`start_states`, :func:`start_codes`).
     :param kwargs: the dream's ``max_steps``, ``done``, ``precision``.
     """
-    from worldmodels.envs.dream import BatchedCodeDream, BatchedDream
+    from worldmodels.envs.code_dream import BatchedCodeDream
+    from worldmodels.envs.dream import BatchedDream
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -524,7 +525,7 @@ def make_dream_env(run: str | Path, temperature: float | None = None,
                    render_scale: int = 1):
     """``gymnasium.make("worldmodels/Dream-v0", run=DIR, ...)``: the
     :class:`~worldmodels.envs.DreamEnv` of a run's V and M (see there for the arguments)."""
-    from worldmodels.envs.dream import DreamEnv
+    from worldmodels.envs.dream_env import DreamEnv
 
     dream = load_dream(run, 1, temperature, device, max_steps=max_steps, done=done,
                        precision=precision, start=start, vae_model=vae_model)

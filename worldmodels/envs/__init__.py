@@ -2,7 +2,7 @@
 
 Importing this package registers ``worldmodels/FastCarRacing-v3`` with gymnasium (same
 time limit and reward threshold as ``CarRacing-v3``) and ``worldmodels/Dream-v0``
-(:class:`~worldmodels.envs.dream.DreamEnv`, built from a run by
+(:class:`~worldmodels.envs.dream_env.DreamEnv`, built from a run by
 :func:`worldmodels.run.make_dream_env`). Gymnasium 1.x loads no plugins, so a program
 that has imported only ``gymnasium`` names this module in the id, and gymnasium imports it
 first::
@@ -37,14 +37,14 @@ if DREAM_ENV_ID not in registry:
     # batched dream must.
     register(id=DREAM_ENV_ID, entry_point="worldmodels.run:make_dream_env")
 
-_LAZY = {"DreamEnv", "BatchedDream"}
+_LAZY = {"DreamEnv": "dream_env", "BatchedDream": "dream", "BatchedCodeDream": "code_dream"}
 
 
 def __getattr__(name: str):  # PEP 562: the dream (and torch) only when asked for
     if name in _LAZY:
-        from worldmodels.envs import dream
+        import importlib
 
-        return getattr(dream, name)
+        return getattr(importlib.import_module(f"worldmodels.envs.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -53,6 +53,7 @@ __all__ = [
     "FAST_ENV_ID",
     "FRAME_SIZE",
     "STOCK_ENV_ID",
+    "BatchedCodeDream",
     "BatchedDream",
     "DreamEnv",
     "FastCarRacing",

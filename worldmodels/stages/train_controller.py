@@ -38,7 +38,7 @@ in the *real* environment, which is what shows whether the dream-trained C trans
 :class:`~worldmodels.memory.CodeRNN`): the same loop; C reads the quantised latent ``z_q`` of
 the code grid (256 numbers for the default 8x8 grid of 4-d codes) beside ``h``
 (:class:`~worldmodels.control.agent.WorldModelAgent`), and the dream samples code grids
-(:class:`~worldmodels.envs.dream.BatchedCodeDream`).
+(:class:`~worldmodels.envs.code_dream.BatchedCodeDream`).
 
 **Resume.** The checkpoint holds the whole CMA-ES state as plain data
 (:mod:`worldmodels.control.es_state`: mean, step size, covariance (upper triangle) and its
