@@ -53,12 +53,13 @@ def test_same_data_whatever_the_number_of_workers(reference, tmp_path):
     assert not (tmp_path / PARTS_DIR).exists()
 
 
-@pytest.mark.parametrize("fault", ["crash", pytest.param("hang", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("fault", ["crash"])
 def test_a_dead_or_silent_worker_is_replaced_and_its_episode_collected_again(
         reference, tmp_path, fault, monkeypatch, capfd):
-    """Collection runs on the stages' one worker pool: a worker that dies (os._exit) or stops
-    stepping in the middle of an episode is replaced, its episode is collected again, and the
-    dataset equals an undisturbed one."""
+    """Collection runs on the stages' one worker pool: a worker that dies (os._exit) in the
+    middle of an episode is replaced, its episode is collected again, and the dataset equals
+    an undisturbed one. (A silent worker, "hang", passes too, in ~10 s: left out of the suite
+    for time; the pool's hang detection is tested with C's evaluation in test_cmaes.py.)"""
     flag = tmp_path / "fault.flag"
     monkeypatch.setenv("WORLDMODELS_FAULT", f"{fault}:{flag}")
     timeout = 6.0 if fault == "hang" else 600.0
