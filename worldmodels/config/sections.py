@@ -297,7 +297,8 @@ class ControllerConfig:
         "observation) or 'approx' (V's 64x64 frame drawn straight into a small surface, ~3x "
         "cheaper, mean squared pixel error ~5e-5, far below V's reconstruction error); the "
         "held-out score and evaluate.py always use 'exact'; 'coarse': the same drawn at half "
-        "that scale (192x134), ~2x cheaper again, error ~2e-4", choices=("exact", "approx", "coarse"))
+        "that scale (192x134), a coarser approximation (error ~2e-4; its speed is not yet in "
+        "benchmark.py fitness)", choices=("exact", "approx", "coarse"))
     z: str = _f(
         "mu", "what C and M read of V: 'mu' (the posterior mean) or 'sample' (mu + sigma * "
         "eps, as the authors' encode_obs and as M was trained)", choices=("mu", "sample"))

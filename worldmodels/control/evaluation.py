@@ -173,7 +173,7 @@ def run_episodes(
         (V's frame drawn straight into a small surface,
         :class:`~worldmodels.envs.car_racing.ApproxFrameRenderer`: ~3x cheaper, an
         approximation; training only) or ``coarse`` (the same drawn at half that scale,
-        192 x 134: ~2x cheaper again, a coarser approximation; training only).
+        192 x 134: a coarser approximation; training only).
     :param envs: environments to reuse (default: made and closed here).
     :param on_step: called after each lockstep decision with the number of decisions of the
         group so far (the workers' heartbeat).

@@ -19,6 +19,5 @@ def __getattr__(name: str) -> Any:
     if name in _DATASET_NAMES:
         from worldmodels.data import datasets, frames
 
-        return getattr(frames if hasattr(frames, name) and name in frames.__all__ else datasets,
-                       name)
+        return getattr(frames if name in frames.__all__ else datasets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

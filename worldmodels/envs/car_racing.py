@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pygame
 from gymnasium.envs.box2d import car_racing as _cr
+from gymnasium.envs.box2d.car_dynamics import SIZE, WHEEL_R, WHEEL_W, WHEEL_WHITE
 from gymnasium.envs.box2d.car_racing import CarRacing
 from pygame import gfxdraw
 
@@ -312,7 +313,6 @@ def _draw_car(surface, car, zoom: float, translation, angle: float) -> None:
     ``Vector2`` per vertex: ~4x cheaper, equal to float rounding (a vertex may land a last
     bit apart, so an edge pixel can differ; the approximate renderers only)."""
     import pygame.draw
-    from gymnasium.envs.box2d.car_dynamics import SIZE, WHEEL_R, WHEEL_W, WHEEL_WHITE
 
     ca, sa = math.cos(angle), math.sin(angle)
     tx, ty = translation[0], translation[1]
