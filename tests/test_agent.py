@@ -201,12 +201,16 @@ def test_agent_runs_on_cuda(run):
 # ------------------------------------------------------------------------- lockstep runs
 
 
-def test_lockstep_returns_equal_alone_returns_exactly(agent, envs):
+@pytest.mark.parametrize("renderer", [
+    "approx",  # the training fitness's frames; ~20x cheaper to draw
+    pytest.param("exact", marks=pytest.mark.slow),  # evaluation's: 1000x800, then preprocessed
+])
+def test_lockstep_returns_equal_alone_returns_exactly(agent, envs, renderer):
     """6 episodes of 3 candidates on 2 tracks: stepped together (batches of 6, then 4 with
     other neighbours) and one by one give bit-identical returns, steps and tiles."""
     params = candidates(agent, 3, seed=4)
     specs = [EpisodeSpec(k, k % 3, 50 + k // 3) for k in range(6)]
-    kwargs = {"max_steps": 70, "envs": envs}
+    kwargs = {"max_steps": 70, "envs": envs, "renderer": renderer}
     alone = run_episodes(agent, specs, params, batch_size=1, **kwargs)
     together = run_episodes(agent, specs, params, batch_size=6, **kwargs)
     shuffled = run_episodes(agent, specs[::-1], params, batch_size=4, **kwargs)[::-1]

@@ -128,10 +128,11 @@ def test_rows_are_independent_of_the_batch(agent):
     vae_agent_checks.test_rows_are_independent_of_the_batch(agent)
 
 
-def test_lockstep_returns_equal_alone_returns_exactly(agent, envs):
+@pytest.mark.parametrize("renderer", ["approx", pytest.param("exact", marks=pytest.mark.slow)])
+def test_lockstep_returns_equal_alone_returns_exactly(agent, envs, renderer):
     """Real episodes of 3 candidates on 2 tracks: together, alone and reshuffled give
     bit-identical returns, steps and tiles (the continuous agent's check)."""
-    vae_agent_checks.test_lockstep_returns_equal_alone_returns_exactly(agent, envs)
+    vae_agent_checks.test_lockstep_returns_equal_alone_returns_exactly(agent, envs, renderer)
 
 
 # ------------------------------------------------------------------------------ loading, workers
