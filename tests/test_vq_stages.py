@@ -70,9 +70,11 @@ def new_run(tmp_path, world, name="run"):
 
 @pytest.fixture(scope="module")
 def trained(world, tmp_path_factory):
-    """C from two CMA-ES generations in the real environment, by the script."""
+    """C from two CMA-ES generations in the real environment, by the script (V named
+    explicitly: --vae-model vqvae is a choice, as auto is)."""
     run = new_run(tmp_path_factory.mktemp("vqreal"), world)
-    r = run_script("train_controller.py", "--run", run, "--population", "4", "--trials", "1",
+    r = run_script("train_controller.py", "--run", run, "--vae-model", "vqvae",
+                   "--population", "4", "--trials", "1",
                    "--generations", "2", "--max-steps", "30", "--eval-episodes", "1",
                    "--eval-every", "1", "--workers", "1", "--json", timeout=300)
     assert r.returncode == 0, r.stderr

@@ -271,9 +271,10 @@ class ControllerConfig:
                            "ablation used 40); 0 is the paper's linear C")
     use_hidden_state: bool = _f(True, "C reads [z, h] (the paper's full model); false: z only "
                                 "(the paper's 'Z only' ablation)")
-    vae_model: str = _f("auto", "V whose mu is z: 'auto' (the V that M was trained on, as M's "
-                        "checkpoint records; 'vae' if unknown), 'vae' or 'betavae'",
-                        choices=("auto", "vae", "betavae"))
+    vae_model: str = _f("auto", "V whose mu (or, for 'vqvae', code embeddings z_q) C reads: "
+                        "'auto' (the V that M was trained on, as M's checkpoint records; "
+                        "'vae' if unknown), 'vae', 'betavae' or 'vqvae'",
+                        choices=("auto", "vae", "betavae", "vqvae"))
     max_steps: int = _f(1000, "steps per training episode at most (CarRacing-v3 ends at 1000)")
     early_stop_steps: int = _f(
         0, "end a training episode early after this many frames by the rule early_stop, "
