@@ -89,13 +89,41 @@ class FastCarRacing(CarRacing):
     def _geometry(self) -> np.ndarray:
         """(400 + N, 4, 2) float64 vertices: the grass squares, then ``self.road_poly``
         (tiles and kerbs in drawing order); rebuilt when the track changes."""
+        return self._geometry_bounds()[0]
+
+    def _geometry_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_geometry`, each polygon's vertex mean (N, 2) and the largest distance
+        from it to a vertex (N,): every point of the polygon lies within it."""
         polys = self.road_poly
         cached = self.__dict__.get("_geometry_cache")
         if cached is None or cached[0] is not polys or cached[1] != len(polys):
             road = np.asarray([p for p, _ in polys], dtype=np.float64).reshape(len(polys), 4, 2)
-            cached = (polys, len(polys), np.concatenate([_GRASS, road]))
+            geometry = np.concatenate([_GRASS, road])
+            centre = geometry.mean(axis=1)
+            radius = np.sqrt(((geometry - centre[:, None]) ** 2).sum(-1)).max(axis=1)
+            cached = (polys, len(polys), (geometry, centre, radius))
             self._geometry_cache = cached
         return cached[2]
+
+    def _near(self, zoom: float, translation, angle: float, width: float, height: float,
+              margin: float) -> np.ndarray:
+        """Indices (ascending) of the polygons that may touch the ``width`` x ``height``
+        screen grown by ``margin`` pixels on every side; the others paint no pixel of it.
+
+        A world-space test, before any vertex is transformed: the grown screen lies in a
+        disc (its centre and half-diagonal mapped back to the world), and a polygon that
+        meets it has its vertex mean within that radius plus its own
+        (:meth:`_geometry_bounds`). It only skips work: the screen-space tests and the
+        draw calls that follow see the same polygons in the same order, less ones that
+        could not paint (the margins exceed antialiasing and float-to-int rounding)."""
+        _, centre, radius = self._geometry_bounds()
+        c, s = math.cos(angle), math.sin(angle)
+        # screen q = zoom R(angle) p + t  =>  p = R(-angle) (q - t) / zoom
+        qx, qy = width / 2 - translation[0], height / 2 - translation[1]
+        mid_x, mid_y = (c * qx + s * qy) / zoom, (-s * qx + c * qy) / zoom
+        reach = math.hypot(width / 2 + margin, height / 2 + margin) / zoom
+        d2 = (centre[:, 0] - mid_x) ** 2 + (centre[:, 1] - mid_y) ** 2
+        return np.flatnonzero(d2 <= (reach * (1 + 1e-9) + radius) ** 2)
 
     @staticmethod
     def _screen_coords(verts: np.ndarray, zoom: float, translation, angle: float) -> np.ndarray:
@@ -149,13 +177,16 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, pts, self.bg_color)
             filled_polygon(surf, pts, self.bg_color)
 
-        # Grass, then road, in the stock order (the index says which).
-        screen = self._screen_coords(self._geometry(), zoom, translation, angle)
+        # Grass, then road, in the stock order (the index says which); only those near
+        # the window are transformed and tested (the rest could not paint a pixel).
+        near = self._near(zoom, translation, angle, _W, _H, _PAD + 2.0)
+        screen = self._screen_coords(self._geometry()[near], zoom, translation, angle)
         n_grass = len(_GRASS)
         grass_color = self.grass_color
         road_poly = self.road_poly
-        for i in np.flatnonzero(self._visible(screen)).tolist():
-            pts = screen[i].tolist()
+        for j in np.flatnonzero(self._visible(screen)).tolist():
+            i = int(near[j])
+            pts = screen[j].tolist()
             if i < n_grass:
                 color = grass_color
             else:  # tile colours change when the car touches a tile: read them each frame
@@ -250,9 +281,14 @@ class ApproxFrameRenderer:
     rotation and zoom, scaled by ``scale`` into a ``1000 scale x 700 scale`` surface (the
     part of the window the crop keeps; no dashboard), without antialiasing, and box-filters
     that to 64x64. The result is an approximation (edges differ by a fraction of a pixel of
-    V's frame); ``scripts/benchmark.py render`` reports its pixel error against the exact
-    frame beside V's reconstruction error. Evaluation never uses it.
+    V's frame): its mean squared error against the exact frame is bounded in
+    ``tests/test_fitness.py`` and reported beside V's reconstruction error in
+    docs/benchmarks.md. Evaluation never uses it.
     """
+
+    #: transform and test only the polygons near the view (:meth:`FastCarRacing._near`);
+    #: False draws from all of them, the same frame (tested), slower
+    cull: bool = True
 
     def __init__(self, scale: float = 0.384) -> None:
         self.scale = float(scale)
@@ -279,16 +315,20 @@ class ApproxFrameRenderer:
         field = FastCarRacing._screen_coords(_FIELD, small_zoom, small_trans, angle)[0]
         surf.fill((0, 0, 0))  # the window is black outside the field (seen while zooming in)
         pygame.draw.polygon(surf, _gfx_rgb(env.bg_color), field.tolist())
-        screen = FastCarRacing._screen_coords(env._geometry(), small_zoom, small_trans, angle)
+        near = env._near(small_zoom, small_trans, angle, w, h, 3.0) if self.cull else \
+            np.arange(len(env._geometry()))
+        screen = FastCarRacing._screen_coords(env._geometry()[near], small_zoom, small_trans,
+                                              angle)
         x, y = screen[..., 0], screen[..., 1]
         inside = ~(((x < 0).all(1)) | ((x > w).all(1)) | ((y < 0).all(1)) | ((y > h).all(1)))
         n_grass = len(_GRASS)
         road_poly = env.road_poly
         grass_color = _gfx_rgb(env.grass_color)
         polygon = pygame.draw.polygon
-        for i in np.flatnonzero(inside).tolist():
+        for j in np.flatnonzero(inside).tolist():
+            i = int(near[j])
             color = grass_color if i < n_grass else tuple(map(int, road_poly[i - n_grass][1]))
-            polygon(surf, color, screen[i].tolist())
+            polygon(surf, color, screen[j].tolist())
         _draw_car(surf, car, small_zoom, small_trans, angle)  # no skid marks, as stock
         flipped = pygame.transform.flip(surf, False, True)
         small = pygame.transform.smoothscale(flipped, (FRAME_SIZE, FRAME_SIZE))
