@@ -146,9 +146,9 @@ def test_fast_car_drawing_draws_what_gymnasiums_car_draw_does(scale, monkeypatch
 
 @pytest.mark.parametrize("scale", [0.384, 0.192])
 def test_culling_draws_the_same_frames(scale):
-    """Only the polygons near the view are transformed and tested: every frame, the zoom-in
-    of the first second included and the car spun off the road, equals the frame drawn
-    from every polygon."""
+    """Only the polygons near the view are transformed and tested, and a surface the field
+    covers is filled: every frame, the zoom-in of the first second included and the car
+    spun off the road, equals the frame drawn from every polygon, the field as one."""
     env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
     culled, everything = ApproxFrameRenderer(scale), ApproxFrameRenderer(scale)
     everything.cull = False

@@ -286,8 +286,10 @@ class ApproxFrameRenderer:
     docs/benchmarks.md. Evaluation never uses it.
     """
 
-    #: transform and test only the polygons near the view (:meth:`FastCarRacing._near`);
-    #: False draws from all of them, the same frame (tested), slower
+    #: the shortcuts: transform and test only the polygons near the view
+    #: (:meth:`FastCarRacing._near`), and fill the surface when the field covers it; False:
+    #: every polygon transformed and tested, the field drawn as a polygon (the same frames,
+    #: tested; slower)
     cull: bool = True
 
     def __init__(self, scale: float = 0.384) -> None:
@@ -313,8 +315,11 @@ class ApproxFrameRenderer:
         small_zoom = zoom * s
         small_trans = ((_W / 2 + trans[0]) * s, (_H / 4 + trans[1] - (_H - _CROP_H)) * s)
         field = FastCarRacing._screen_coords(_FIELD, small_zoom, small_trans, angle)[0]
-        surf.fill((0, 0, 0))  # the window is black outside the field (seen while zooming in)
-        pygame.draw.polygon(surf, _gfx_rgb(env.bg_color), field.tolist())
+        if self.cull and _covers_screen(field, 8.0, w, h):  # it fills every pixel: same image
+            surf.fill(_gfx_rgb(env.bg_color))
+        else:  # the window is black outside the field (seen while zooming in)
+            surf.fill((0, 0, 0))
+            pygame.draw.polygon(surf, _gfx_rgb(env.bg_color), field.tolist())
         near = env._near(small_zoom, small_trans, angle, w, h, 3.0) if self.cull else \
             np.arange(len(env._geometry()))
         screen = FastCarRacing._screen_coords(env._geometry()[near], small_zoom, small_trans,
@@ -389,11 +394,13 @@ def _gfx_rgb(color) -> tuple[int, int, int]:
     return tuple(int(c) for c in color[:3])
 
 
-def _covers_screen(quad: np.ndarray, margin: float) -> bool:
-    """True when the convex quadrilateral ``quad`` (4, 2) contains the window expanded by
-    ``margin`` pixels on every side, so that no edge of it touches the window."""
-    corners = ((-margin, -margin), (_W + margin, -margin), (_W + margin, _H + margin),
-               (-margin, _H + margin))
+def _covers_screen(quad: np.ndarray, margin: float, width: float = _W,
+                   height: float = _H) -> bool:
+    """True when the convex quadrilateral ``quad`` (4, 2) contains the ``width`` x
+    ``height`` screen (the window by default) expanded by ``margin`` pixels on every side,
+    so that no edge of it touches the screen."""
+    corners = ((-margin, -margin), (width + margin, -margin), (width + margin, height + margin),
+               (-margin, height + margin))
     sign = 0.0
     for i in range(4):
         (x0, y0), (x1, y1) = quad[i], quad[(i + 1) % 4]
