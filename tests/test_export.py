@@ -310,6 +310,51 @@ def test_a_resumable_export_continues_the_cma_es_run(source, tmp_path):
     assert not (plain / "controller" / "last.pt").exists()
 
 
+def test_re_exporting_a_continued_run_keeps_v_and_m_byte_for_byte(source, tmp_path):
+    """The campaign's cycle: export resumable, continue C on the export's V and M, export
+    again over the first: V's and M's files are the first export's (only their creation
+    time would have changed), C's are new, and the result continues again."""
+    out = tmp_path / "carracing"
+    export_pretrained(source, out, video=False, resumable=True)
+    first = {stage: (out / stage / "best.pt").read_bytes() for stage in ("vae", "mdnrnn")}
+    c_first = (out / "controller" / "best.pt").read_bytes()
+    run = tmp_path / "campaign"
+    shutil.copytree(out, run)
+    train_controller(load_config(overrides={"controller": {**TINY, "generations": 3}}), run,
+                     progress=False)
+    export_pretrained(run, out, video=False, resumable=True, overwrite=True)
+    for stage, data in first.items():
+        assert (out / stage / "best.pt").read_bytes() == data, stage
+    assert load_checkpoint(out / "controller" / "last.pt")["step"] == 3
+    assert (out / "controller" / "best.pt").read_bytes() != c_first
+    s = train_controller(load_config(overrides={"controller": {**TINY, "generations": 4}}),
+                         out, progress=False)  # V and M are those C was trained on
+    assert s["generations"] == 4
+
+
+def test_a_changed_checkpoint_is_written_anew(tmp_path):
+    """Only a checkpoint equal in everything but its creation time is kept."""
+    from torch import nn
+
+    from worldmodels.stages.export import _keep_previous
+
+    net = nn.Linear(3, 2)
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    save_checkpoint(old, kind="vae", model=net, model_config={"n": 3}, step=5)
+    save_checkpoint(new, kind="vae", model=net, model_config={"n": 3}, step=5)
+    assert old.read_bytes() != new.read_bytes()  # the creation time
+    assert _keep_previous(new, old) and new.read_bytes() == old.read_bytes()
+    for change in ({"step": 6}, {"model_config": {"n": 4}}):
+        save_checkpoint(new, kind="vae", model=net, **{"model_config": {"n": 3}, "step": 5,
+                                                        **change})
+        assert not _keep_previous(new, old) and new.read_bytes() != old.read_bytes()
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-3
+    save_checkpoint(new, kind="vae", model=net, model_config={"n": 3}, step=5)
+    assert not _keep_previous(new, old)
+    assert not _keep_previous(new, tmp_path / "none.pt")
+
+
 def test_video_is_one_real_episode_side_by_side(source, tmp_path):
     out = tmp_path / "carracing"
     result = export_pretrained(source, out, video=True, video_seed=2, video_max_steps=4)

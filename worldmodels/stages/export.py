@@ -133,10 +133,43 @@ def _small_extra(extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[
     return {k: v for k, v in extra.items() if k not in dropped}, dropped
 
 
+def _same_content(a: Any, b: Any) -> bool:
+    """Two loaded checkpoints (or parts) hold the same values: tensors equal in dtype,
+    shape and every element, everything else ``==``."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_content(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_content(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _keep_previous(path: Path, previous: Path | None) -> bool:
+    """Replace the checkpoint just written at ``path`` by the previous export's file when
+    the two differ only in their creation time: re-exporting a run whose V and M did not
+    change (a continued CMA-ES) then leaves their files byte for byte, so a repository
+    that tracks the export does not store them again."""
+    if previous is None or not previous.is_file():
+        return False
+    try:
+        old = torch.load(previous, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or another format: the new file stands
+        return False
+    new = torch.load(path, map_location="cpu", weights_only=True)
+    if not _same_content({**old, "created": None}, {**new, "created": None}):
+        return False
+    shutil.copyfile(previous, path)
+    return True
+
+
 def _resave(source: Mapping[str, Any], net: nn.Module, path: Path, dtype: torch.dtype,
-            extra: Mapping[str, Any]) -> None:
+            extra: Mapping[str, Any], previous: Path | None = None) -> None:
     """Write ``source`` (a loaded checkpoint) again at ``path`` with ``net``'s floating
-    tensors in ``dtype``, without optimiser, scheduler or RNG state."""
+    tensors in ``dtype``, without optimiser, scheduler or RNG state (or keep ``previous``,
+    the file an earlier export wrote there, if that is all it would change:
+    :func:`_keep_previous`)."""
     net.load_state_dict(source["state_dict"])
     net.to(dtype)  # floating parameters and buffers only
     for name, t in net.state_dict().items():
@@ -147,10 +180,14 @@ def _resave(source: Mapping[str, Any], net: nn.Module, path: Path, dtype: torch.
     save_checkpoint(path, kind=source["kind"], model=net, model_config=source["model_config"],
                     step=source["step"], epoch=source.get("epoch"),
                     metrics=source.get("metrics"), extra=extra, rng=False)
+    _keep_previous(path, previous)
 
 
-def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path) -> dict[str, Any]:
-    """V, M (fp16) and C (fp32) into ``tmp``; returns what the manifest says of them."""
+def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path,
+                        previous: Path | None = None) -> dict[str, Any]:
+    """V, M (fp16) and C (fp32) into ``tmp``; returns what the manifest says of them.
+    ``previous``: the export being replaced, whose V and M files are kept where only their
+    creation time would change."""
     from worldmodels.control.controller import Controller
     from worldmodels.generative.registry import KINDS, build_model
     from worldmodels.memory.mdnrnn import build_mdnrnn
@@ -173,17 +210,23 @@ def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path) -> dict[str, 
                         f"(step {v['step']}): run scripts/encode.py --run {run} --model "
                         f"{vae_model} --overwrite and scripts/train_mdnrnn.py first")
     v_extra, v_dropped = _small_extra(v.get("extra"))
+    before = (lambda stage: previous / stage / best) if previous is not None else \
+        (lambda stage: None)
     _resave(v, build_model(v["model_config"]), tmp / vae_model / best, WORLD_MODEL_DTYPE,
-            v_extra)
+            v_extra, before(vae_model))
 
     # -- M, recording the exported V's identity (see the module docstring)
     _, identity = load_encoder(tmp, vae_model)
-    m_extra["vae"] = {**recorded, **identity, "source": {
+    # the V M was trained on: this run's, or, for a run made from an export (a continued
+    # campaign), the one that export recorded
+    origin = recorded.get("source") or {
         "checkpoint": f"{vae_model}/{src['vae'].name}", "sha256": trained_sha,
         "note": f"sha256 is that of the exported V (weights rounded to "
                 f"{str(WORLD_MODEL_DTYPE).removeprefix('torch.')}); source.sha256 that of "
-                "the V M was trained on"}}
-    _resave(m, build_mdnrnn(m["model_config"]), tmp / STAGE / best, WORLD_MODEL_DTYPE, m_extra)
+                "the V M was trained on"}
+    m_extra["vae"] = {**recorded, **identity, "source": origin}
+    _resave(m, build_mdnrnn(m["model_config"]), tmp / STAGE / best, WORLD_MODEL_DTYPE, m_extra,
+            before(STAGE))
 
     # -- C: fp32, the exact trained weights
     c_extra, c_dropped = _small_extra(c.get("extra"))
@@ -478,7 +521,7 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     try:
         tmp.mkdir()
         say(f"V ({src['vae_model']}), M: fp16; C: fp32 <- {run}")
-        checkpoints = _export_checkpoints(src, run, tmp)
+        checkpoints = _export_checkpoints(src, run, tmp, out if out.is_dir() else None)
         _verify(run, tmp)
         if resumable:
             say("C's CMA-ES state (resumable)")
