@@ -317,6 +317,9 @@ def test_re_exporting_a_continued_run_keeps_v_and_m_byte_for_byte(source, tmp_pa
     out = tmp_path / "carracing"
     export_pretrained(source, out, video=False, resumable=True)
     first = {stage: (out / stage / "best.pt").read_bytes() for stage in ("vae", "mdnrnn")}
+    curves = {f: (out / "curves" / f).read_bytes() for f in ("vae.csv", "vae.png",
+                                                              "mdnrnn.csv", "mdnrnn.png")}
+    rows = json.loads((out / "MANIFEST.json").read_text())["curves"]
     c_first = (out / "controller" / "best.pt").read_bytes()
     run = tmp_path / "campaign"
     shutil.copytree(out, run)
@@ -325,6 +328,13 @@ def test_re_exporting_a_continued_run_keeps_v_and_m_byte_for_byte(source, tmp_pa
     export_pretrained(run, out, video=False, resumable=True, overwrite=True)
     for stage, data in first.items():
         assert (out / stage / "best.pt").read_bytes() == data, stage
+    # the continued run holds V's and M's checkpoints, not their logs: their curves stay
+    for name, data in curves.items():
+        assert (out / "curves" / name).read_bytes() == data, name
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["curves"]["vae"] == rows["vae"] > 0
+    assert manifest["curves"]["mdnrnn"] == rows["mdnrnn"] > 0
+    assert "curves/vae.csv" in {f["path"] for f in manifest["files"]}
     assert load_checkpoint(out / "controller" / "last.pt")["step"] == 3
     assert (out / "controller" / "best.pt").read_bytes() != c_first
     s = train_controller(load_config(overrides={"controller": {**TINY, "generations": 4}}),

@@ -186,8 +186,8 @@ def _resave(source: Mapping[str, Any], net: nn.Module, path: Path, dtype: torch.
 def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path,
                         previous: Path | None = None) -> dict[str, Any]:
     """V, M (fp16) and C (fp32) into ``tmp``; returns what the manifest says of them.
-    ``previous``: the export being replaced, whose V and M files are kept where only their
-    creation time would change."""
+    ``previous``: the export being replaced, whose V, M and C files are kept where only
+    their creation time would change."""
     from worldmodels.control.controller import Controller
     from worldmodels.generative.registry import KINDS, build_model
     from worldmodels.memory.mdnrnn import build_mdnrnn
@@ -234,7 +234,7 @@ def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path,
         raise DataError(f"cannot export {run}: C was trained on {c_extra['vae_model']!r} but "
                         f"M on {vae_model!r} latents: retrain C (scripts/train_controller.py)")
     _resave(c, Controller(**c["model_config"]), tmp / CONTROLLER_KIND / best, torch.float32,
-            c_extra)
+            c_extra, before(CONTROLLER_KIND))
 
     def info(stage: str, ckpt: dict[str, Any], source: Path, dtype: torch.dtype,
              dropped: list[str]) -> tuple[str, dict[str, Any]]:
@@ -344,6 +344,33 @@ def _export_curves(run: Path, history: Sequence[Mapping[str, Any]], out: Path
                   "generation", "return")
         rows["controller_history"] = len(history)
     return rows
+
+
+def _keep_previous_curves(previous: Path | None, tmp: Path, stages: Sequence[str],
+                          curves: dict[str, int]) -> None:
+    """The earlier export's ``curves/<stage>.csv|png`` of each stage in ``stages`` whose
+    checkpoint it kept (:func:`_keep_previous`: the same file) and whose log the run lacks:
+    a run made from an export (a continued campaign) holds V's and M's checkpoints, not
+    their training logs, and re-exporting it must not drop their curves."""
+    if previous is None:
+        return
+    try:
+        recorded = json.loads((previous / MANIFEST).read_text(encoding="utf-8")).get("curves")
+    except (OSError, ValueError):
+        recorded = None
+    for stage in stages:
+        ours, theirs = tmp / stage / CheckpointManager.BEST, previous / stage / CheckpointManager.BEST
+        csv_file = previous / CURVES / f"{stage}.csv"
+        if stage in curves or not csv_file.is_file() or not theirs.is_file() \
+                or ours.read_bytes() != theirs.read_bytes():
+            continue
+        for suffix in (".csv", ".png"):
+            if (previous / CURVES / f"{stage}{suffix}").is_file():
+                shutil.copyfile(previous / CURVES / f"{stage}{suffix}",
+                                tmp / CURVES / f"{stage}{suffix}")
+        rows = (recorded or {}).get(stage)
+        curves[stage] = int(rows) if isinstance(rows, int) else \
+            max(0, len(csv_file.read_text(encoding="utf-8").splitlines()) - 1)
 
 
 # ------------------------------------------------------------------------------ video
@@ -529,6 +556,8 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         shutil.copyfile(src["config"], tmp / "config.json")
         say("training curves")
         curves = _export_curves(run, _history(src["controller"]), tmp / CURVES)
+        _keep_previous_curves(out if out.is_dir() else None, tmp,
+                              (src["vae_model"], "mdnrnn"), curves)
         clip = None
         if video:
             say(f"video: one real episode, track seed {video_seed}")
