@@ -159,7 +159,7 @@ def test_culling_draws_the_same_frames(scale):
             env.step(np.array([steer, 1.0, 0.0], np.float32))
             want = everything.frame(env.unwrapped)
             assert np.array_equal(culled.frame(env.unwrapped), want), (seed, t)
-        near = env.unwrapped._near(16.2 * scale, (500 * scale, 0.0), 0.3, 384, 269, 3.0)
+        near = env.unwrapped._near(16.2 * scale, (500 * scale, 0.0), 0.3, *culled.size, 3.0)
         assert 0 < len(near) < len(env.unwrapped._geometry()) / 3  # it does skip work
     env.close()
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import filecmp
 import hashlib
 import json
 import math
@@ -149,8 +150,8 @@ def _same_content(a: Any, b: Any) -> bool:
 def _keep_previous(path: Path, previous: Path | None) -> bool:
     """Replace the checkpoint just written at ``path`` by the previous export's file when
     the two differ only in their creation time: re-exporting a run whose V and M did not
-    change (a continued CMA-ES) then leaves their files byte for byte, so a repository
-    that tracks the export does not store them again."""
+    change (a continued CMA-ES) then leaves their files (and C's, if its best did not move)
+    byte for byte, so a repository that tracks the export does not store them again."""
     if previous is None or not previous.is_file():
         return False
     try:
@@ -210,8 +211,9 @@ def _export_checkpoints(src: dict[str, Any], run: Path, tmp: Path,
                         f"(step {v['step']}): run scripts/encode.py --run {run} --model "
                         f"{vae_model} --overwrite and scripts/train_mdnrnn.py first")
     v_extra, v_dropped = _small_extra(v.get("extra"))
-    before = (lambda stage: previous / stage / best) if previous is not None else \
-        (lambda stage: None)
+    def before(stage: str) -> Path | None:
+        return previous / stage / best if previous is not None else None
+
     _resave(v, build_model(v["model_config"]), tmp / vae_model / best, WORLD_MODEL_DTYPE,
             v_extra, before(vae_model))
 
@@ -359,10 +361,10 @@ def _keep_previous_curves(previous: Path | None, tmp: Path, stages: Sequence[str
     except (OSError, ValueError):
         recorded = None
     for stage in stages:
-        ours, theirs = tmp / stage / CheckpointManager.BEST, previous / stage / CheckpointManager.BEST
+        ours, theirs = (d / stage / CheckpointManager.BEST for d in (tmp, previous))
         csv_file = previous / CURVES / f"{stage}.csv"
         if stage in curves or not csv_file.is_file() or not theirs.is_file() \
-                or ours.read_bytes() != theirs.read_bytes():
+                or not filecmp.cmp(ours, theirs, shallow=False):
             continue
         for suffix in (".csv", ".png"):
             if (previous / CURVES / f"{stage}{suffix}").is_file():
@@ -548,7 +550,8 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     try:
         tmp.mkdir()
         say(f"V ({src['vae_model']}), M: fp16; C: fp32 <- {run}")
-        checkpoints = _export_checkpoints(src, run, tmp, out if out.is_dir() else None)
+        previous = out if out.is_dir() else None  # the export this one replaces
+        checkpoints = _export_checkpoints(src, run, tmp, previous)
         _verify(run, tmp)
         if resumable:
             say("C's CMA-ES state (resumable)")
@@ -556,8 +559,7 @@ def export_pretrained(run_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         shutil.copyfile(src["config"], tmp / "config.json")
         say("training curves")
         curves = _export_curves(run, _history(src["controller"]), tmp / CURVES)
-        _keep_previous_curves(out if out.is_dir() else None, tmp,
-                              (src["vae_model"], "mdnrnn"), curves)
+        _keep_previous_curves(previous, tmp, (src["vae_model"], "mdnrnn"), curves)
         clip = None
         if video:
             say(f"video: one real episode, track seed {video_seed}")
