@@ -222,3 +222,56 @@ def test_step_repeated_counts_every_frame_against_the_time_limit():
     with pytest.raises(ValueError):
         step_repeated(env, a, 0)
     env.close()
+
+
+def _car_state(car):
+    return (tuple(car.hull.position), car.hull.angle, tuple(car.hull.linearVelocity),
+            car.hull.angularVelocity,
+            tuple((w.omega, w.phase, w.gas, w.brake, w.joint.angle, tuple(w.position),
+                   w.skid_start is None, w.skid_particle is None) for w in car.wheels),
+            len(car.particles), car.fuel_spent)
+
+
+@pytest.mark.parametrize("seed", [5, 11])
+def test_fast_physics_is_stock_bit_for_bit(seed):
+    # The car's state after every frame (wheel spin, steering joint, skid traces, hull), not
+    # only what the frame shows: full throttle, full and partial braking (both of Car.step's
+    # brake branches), steering past the limits, grass and kerbs (the car leaves the road).
+    from worldmodels.envs.car_racing import step_repeated
+
+    rng = np.random.default_rng(seed)
+    acts = []
+    for t in range(700):
+        brake = 0.95 if t % 150 < 12 else (0.4 if t % 90 < 8 else 0.0)
+        acts.append(np.array([1.3 * np.sin(t / 30.0) + rng.normal(0, 0.2),
+                              1.0 if t % 200 < 140 else rng.uniform(0, 1.2), brake]))
+    traces = []
+    for fast in (False, True):
+        env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+        env.unwrapped.fast_physics = fast
+        env.reset(seed=seed)
+        assert (env.unwrapped.car.step.__func__.__module__ == "worldmodels.envs.car_physics") \
+            is fast
+        trace = []
+        for a in acts:
+            _, reward, _, terminated, truncated, _ = step_repeated(env, a, 1, draw_last=False)
+            trace.append((reward, _car_state(env.unwrapped.car)))
+            if terminated or truncated:
+                break
+        traces.append(trace)
+        env.close()
+    assert len(traces[0]) > 300
+    assert traces[0] == traces[1]
+    assert any(s[1][4][0][6] is False for s in traces[0])  # a skid trace was drawn
+
+
+def test_fast_physics_keeps_stock_dynamics_for_other_source(monkeypatch):
+    # Another gymnasium's Car.step (its source hash differs) is left in place.
+    from worldmodels.envs import car_physics
+
+    monkeypatch.setattr(car_physics, "_MATCHES", False)
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    env.reset(seed=1)
+    assert not car_physics.matches_stock()
+    assert "step" not in env.unwrapped.car.__dict__
+    env.close()

@@ -84,6 +84,17 @@ class FastCarRacing(CarRacing):
     #: when True, the next ``step`` advances physics and reward but draws no observation
     #: (it returns ``None``); see :func:`step_repeated`
     skip_observation: bool = False
+    #: the car's dynamics with less Python overhead, the same arithmetic
+    #: (:mod:`worldmodels.envs.car_physics`); False: gymnasium's own ``Car.step``
+    fast_physics: bool = True
+
+    def reset(self, *args: Any, **kwargs: Any):
+        obs = super().reset(*args, **kwargs)
+        if self.fast_physics:  # the first frame (reset's own step) ran on the stock code
+            from worldmodels.envs.car_physics import install
+
+            install(self.car)
+        return obs
 
     # ------------------------------------------------------------------ geometry cache
     def _geometry(self) -> np.ndarray:
