@@ -164,6 +164,27 @@ def test_culling_draws_the_same_frames(scale):
     env.close()
 
 
+@pytest.mark.parametrize("scale", [0.384, 0.192])
+def test_approx_frame_is_the_drawn_surface_flipped_then_box_filtered(scale):
+    """The small surface is box-filtered to 64 x 64 and then flipped, and read row-major:
+    the same bytes as the stock order (flip the drawn surface, smoothscale it, read it
+    through surfarray), along a drive with the zoom-in."""
+    import pygame
+
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    renderer = ApproxFrameRenderer(scale)
+    env.reset(seed=4)
+    for t in range(90):
+        env.step(np.array([np.sin(t / 10.0), 0.8, 0.0], np.float32))
+        got = renderer.frame(env.unwrapped)
+        flipped = pygame.transform.flip(renderer.surf, False, True)
+        small = pygame.transform.smoothscale(flipped, (64, 64))
+        want = np.transpose(pygame.surfarray.array3d(small), (1, 0, 2))
+        assert np.array_equal(got, want), t
+        assert got.flags.writeable and got.flags.c_contiguous
+    env.close()
+
+
 def test_approx_training_episodes_run_and_count_frames(agent):
     p = params(2, seed=4)
     specs = [EpisodeSpec(0, 0, 5), EpisodeSpec(1, 1, 6)]

@@ -79,11 +79,13 @@ _OBS_SHAPE = (96, 96, 3)
 _FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
 
 
-def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+def frames_to_tensor(frames: np.ndarray, device: torch.device,
+                     channels_last: bool = False) -> torch.Tensor:
     """(B, 64, 64, 3) uint8 frames -> (B, 3, 64, 64) float32 in [0, 1] on ``device``
-    (the same ``x / 255`` as V's training)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return x.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    (the same ``x / 255`` as V's training); ``channels_last``: in that memory format (the
+    frames' own layout, so no transposing copy), the same values."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2)
+    return (x if channels_last else x.contiguous()).float().div_(255.0)
 
 
 class WorldModelAgent:
@@ -237,9 +239,11 @@ class WorldModelAgent:
                              f"got shape {obs.shape}")
         if obs.dtype != np.uint8:
             raise ValueError(f"expected uint8 observations, got {obs.dtype}")
-        x = frames_to_tensor(obs, self.device)
-        if self.precision == "bf16":
-            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":  # the encoder's bf16 convolutions run channels_last
+            x = frames_to_tensor(obs, self.device, channels_last=True).to(torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)  # already: a no-op
+        else:
+            x = frames_to_tensor(obs, self.device)
         if self.discrete:
             # z_e (B, C, h, w). Frame by frame when batch-invariant: PyTorch runs a 3x3 or 1x1
             # convolution of one small frame natively and of several with oneDNN, and the
