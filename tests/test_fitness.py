@@ -197,6 +197,39 @@ def test_approx_training_episodes_run_and_count_frames(agent):
         run_episodes(agent, specs, p, renderer="fast")
 
 
+def test_approx_episodes_never_draw_the_exact_frame(agent, monkeypatch):
+    """With a training renderer the environment draws nothing, reset's first frame included
+    (it would be thrown away); a reset that skips its frame leaves the same simulation."""
+    from worldmodels.envs import FastCarRacing
+
+    p = params(2, seed=5)
+    specs = [EpisodeSpec(0, 0, 8), EpisodeSpec(1, 1, 9)]
+    drawn = []
+    road = FastCarRacing._render_road
+    monkeypatch.setattr(FastCarRacing, "_render_road",
+                        lambda self, *a: (drawn.append(1), road(self, *a))[1])
+    run_episodes(agent, specs, p, max_steps=60, renderer="approx")
+    assert drawn == []
+    run_episodes(agent, specs[:1], p, max_steps=3)  # the exact renderer does draw
+    assert drawn
+
+    traces = []
+    for skip in (False, True):
+        env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+        env.unwrapped.skip_observation = skip
+        obs, _ = env.reset(seed=8)
+        env.unwrapped.skip_observation = False
+        assert (obs is None) is skip
+        car = env.unwrapped.car
+        trace = [(tuple(car.hull.position), car.hull.angle, env.unwrapped.reward)]
+        for t in range(80):
+            _, reward, *_ = env.step(np.array([np.sin(t / 9.0), 0.9, 0.0]))
+            trace.append((tuple(car.hull.position), reward))
+        traces.append(trace)
+        env.close()
+    assert traces[0] == traces[1]
+
+
 def test_controller_action_repeat_must_be_the_world_models(world, tmp_path):
     from worldmodels.stages.train_controller import train_controller
 

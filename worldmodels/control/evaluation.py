@@ -246,10 +246,18 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
 
     n = len(specs)
     agent.reset(n, seeds=[int(s.seed) for s in specs])  # z="sample": noise by track
-    obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
     approx = ApproxFrameRenderer(RENDER_SCALES[renderer]) if renderer in RENDER_SCALES else None
-    if approx is not None:  # V's frame drawn small; the env draws nothing from here on
-        obs = [approx.frame(env.unwrapped) for env in envs[:n]]
+    if approx is None:
+        obs = [env.reset(seed=int(s.seed))[0] for env, s in zip(envs, specs)]
+    else:  # V's frame drawn small; the env draws nothing, not even reset's first frame
+        obs = []
+        for env, s in zip(envs, specs):
+            env.unwrapped.skip_observation = True
+            try:
+                env.reset(seed=int(s.seed))
+            finally:
+                env.unwrapped.skip_observation = False
+            obs.append(approx.frame(env.unwrapped))
     returns = [0.0] * n
     frames = [0] * n
     rule.start(n)
