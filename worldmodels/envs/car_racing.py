@@ -96,6 +96,12 @@ class FastCarRacing(CarRacing):
             install(self.car)
         return obs
 
+    def _create_track(self) -> bool:
+        # generated once per random state and replayed (worldmodels.envs.track_cache)
+        from worldmodels.envs.track_cache import create_track
+
+        return create_track(self, super()._create_track)
+
     # ------------------------------------------------------------------ geometry cache
     def _geometry(self) -> np.ndarray:
         """(400 + N, 4, 2) float64 vertices: the grass squares, then ``self.road_poly``
