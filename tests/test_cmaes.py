@@ -283,6 +283,10 @@ def test_make_backend_choices(bundle):
     assert isinstance(make_backend(bundle, workers=1), InProcessBackend)
     assert isinstance(make_backend(bundle, workers=2), LocalBackend)
     assert make_backend(bundle, workers=2).task_size(20) == 10
+    # equal tasks, a multiple of the workers, none above 32: the workers finish together
+    assert make_backend(bundle, workers=2).task_size(100) == 25  # not 32, 32, 32, 4
+    assert make_backend(bundle, workers=2).task_size(256) == 32  # 32 x 8, the campaign's
+    assert make_backend(bundle, workers=2).task_size(65) == 17
     assert make_backend(bundle, workers=2, envs_per_worker=3).task_size(20) == 3
     with pytest.raises(ConfigError):
         make_backend(bundle, backend="mpi")

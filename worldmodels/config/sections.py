@@ -311,7 +311,7 @@ class ControllerConfig:
     workers: int = _f(0, "evaluation worker processes (or Ray actors); 0: one per CPU core "
                       "(all the cluster's CPUs with --backend ray)")
     envs_per_worker: int = _f(0, "environments one worker steps in lockstep (V and M run batched "
-                              "over them); 0: min(32, episodes / workers)")
+                              "over them); 0: equal tasks of at most 32, a multiple of the workers")
     backend: str = _f("local", "'local' (process pool) or 'ray' (a Ray cluster, see --address)",
                       choices=("local", "ray"))
     address: str = _f("", "Ray cluster address for --backend ray ('' starts a local cluster)")

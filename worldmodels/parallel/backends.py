@@ -71,7 +71,7 @@ MAX_ATTEMPTS = 3
 #: seconds a new worker may take to start (import torch, build V and M) before it is
 #: taken as hung, when that is longer than ``worker_timeout``
 STARTUP_GRACE = 120.0
-#: lockstep group size when ``envs_per_worker = 0``: ceil(episodes / workers), at most this
+#: lockstep group size when ``envs_per_worker = 0``: at most this (see ``task_size``)
 AUTO_ENVS_CAP = 32
 
 #: a busy worker reports its progress at most this often (seconds)
@@ -196,7 +196,11 @@ class EvaluationBackend:
         """Episodes per task for a batch of ``episodes``."""
         if self.envs_per_worker > 0:
             return self.envs_per_worker
-        return max(1, min(AUTO_ENVS_CAP, math.ceil(episodes / self.num_workers)))
+        # the fewest tasks of at most AUTO_ENVS_CAP, a multiple of the workers, of equal size:
+        # 100 episodes on 2 workers are 4 tasks of 25, not 32 + 32 + 32 + 4 (one worker idle
+        # for most of a task)
+        rounds = max(1, math.ceil(episodes / (self.num_workers * AUTO_ENVS_CAP)))
+        return max(1, math.ceil(episodes / (self.num_workers * rounds)))
 
     def run(self, params: np.ndarray, specs: Sequence[EpisodeSpec], *, max_steps: int = 1000,
             early_stop_steps: int = 0, early_stop: str = "tiles", renderer: str = "exact",
