@@ -20,7 +20,10 @@ This subclass changes *how* the frame is computed, never *what* is drawn:
 * when the background rectangle covers the whole window with a margin, its polygon fill
   is replaced by ``Surface.fill`` (same pixels: no edge of it is on screen), and its
   antialiased outline, entirely off screen, is skipped;
-* the score font is loaded once and rendered texts are cached.
+* the score font is loaded once and rendered texts are cached;
+* past the renderer: the car's dynamics perform gymnasium's arithmetic with less Python
+  overhead (:mod:`worldmodels.envs.car_physics`), and a track is generated once per random
+  state and replayed after (:mod:`worldmodels.envs.track_cache`).
 
 Observations, rewards, terminated, truncated and info are therefore equal, bit for bit,
 to ``gymnasium.make("CarRacing-v3")`` for every seed and action sequence; the test suite
