@@ -27,9 +27,11 @@ import numpy as np
 __all__ = ["run"]
 
 
-def bare_env_steps_per_s(seeds: list[int], steps: int, env_id: str | None = None) -> float:
+def bare_env_steps_per_s(seeds: list[int], steps: int, env_id: str | None = None,
+                         physics_only: bool = False) -> float:
     """Steps/s of an environment alone, a fixed half-gas action, one process: the fast
-    training environment, or ``env_id`` (e.g. stock ``CarRacing-v3``)."""
+    training environment, or ``env_id`` (e.g. stock ``CarRacing-v3``); ``physics_only``:
+    the fast environment drawing no frame at all (physics and rewards alone)."""
     import gymnasium as gym
 
     from worldmodels.control.evaluation import make_env
@@ -38,6 +40,7 @@ def bare_env_steps_per_s(seeds: list[int], steps: int, env_id: str | None = None
     total, seconds = 0, 0.0
     action = np.array([0.0, 0.5, 0.0], dtype=np.float32)
     for seed in seeds:
+        env.unwrapped.skip_observation = physics_only  # reset's first frame too
         env.reset(seed=seed)
         t0 = time.perf_counter()
         for _ in range(steps):

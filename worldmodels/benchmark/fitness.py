@@ -54,31 +54,6 @@ def _stock_steps_per_s(seeds: list[int], steps: int) -> float:
     return bare_env_steps_per_s(seeds, steps, envs.STOCK_ENV_ID)
 
 
-def _physics_frames_per_s(seeds: list[int], steps: int) -> float:
-    """Frames/s of FastCarRacing's physics and rewards alone (no frame drawn, no agent: what
-    every frame costs whatever the renderer, action repeat and V), a fixed half-gas action,
-    one process."""
-    from worldmodels.control.evaluation import make_env
-    from worldmodels.envs.car_racing import step_repeated
-
-    env = make_env()
-    total, seconds = 0, 0.0
-    action = np.array([0.0, 0.5, 0.0], dtype=np.float32)
-    for seed in seeds:
-        env.unwrapped.skip_observation = True
-        env.reset(seed=seed)
-        env.unwrapped.skip_observation = False
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            *_, terminated, truncated, _ = step_repeated(env, action, 1, draw_last=False)
-            total += 1
-            if terminated or truncated:
-                break
-        seconds += time.perf_counter() - t0
-    env.close()
-    return total / seconds
-
-
 def run(population: int = 8, trials: int = 2, steps: int = 400, workers: int = 0,
         run_dir: str | None = None, levers: tuple = LEVERS, repeats: int = 1,
         seed: int = 2_000_000_000) -> list[dict[str, Any]]:
@@ -142,7 +117,9 @@ def run(population: int = 8, trials: int = 2, steps: int = 400, workers: int = 0
             "vs stock": 1.0, "frames/gen": "", "wall s": "", "mean return": ""}]
     for r in rows:
         out.append({**r, "vs stock": r["frames/s"] / stock_sps})
-    physics = _physics_frames_per_s(tracks[:1], min(steps, 300))
+    from worldmodels.benchmark.agent import bare_env_steps_per_s
+
+    physics = bare_env_steps_per_s(tracks[:1], min(steps, 300), physics_only=True)
     out.append({"setting": "physics and rewards alone, no frame, no agent, 1 process (the "
                 "ceiling of one worker at any k)", "frames/s": physics,
                 "vs stock": physics / stock_sps, "frames/gen": "", "wall s": "",
