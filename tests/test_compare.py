@@ -16,7 +16,7 @@ TINY = {
     "collect": {"episodes": 4, "max_steps": 40, "seed": 3},
     "vae": {"batch_size": 16, "max_steps": 6, "epochs": 1, "val_episodes": 0.25, "log_every": 2,
             "prior_epochs": 1, "codebook_size": 16, "dead_code_steps": 2},
-    "gan": {"batch_size": 16, "max_steps": 4, "epochs": 1, "generator_channels": 8,
+    "gan": {"batch_size": 16, "max_steps": 0, "epochs": 2, "generator_channels": 8,
             "discriminator_channels": 8, "val_episodes": 0.25, "log_every": 2},
     "compare": {"num_samples": 32, "feature_epochs": 1},
 }
@@ -39,10 +39,19 @@ def test_compare_generative_report(tmp_path):
     assert report["models"]["vae"]["elbo"] < 0 < report["models"]["vae"]["bits_per_dim"]
     assert 1 <= report["models"]["vqvae"]["perplexity"] <= 16
     assert 0 < report["models"]["vqvae"]["codes_used"] <= 1
-    for fig in ("samples", "reconstructions", "interpolations", "traversal_betavae", "evolution"):
+    # the GAN scored at each epoch's snapshot; the last snapshot is the final GAN, whose
+    # samples (the same noise) must score exactly as the final row
+    gan = report["models"]["gan"]
+    assert [row["epoch"] for row in gan["by_epoch"]] == [1, 2]
+    assert gan["by_epoch"][-1]["quality"] == gan["quality"]
+    assert gan["by_epoch"][0]["quality"] != gan["quality"]
+    assert all(0 <= row["d_real"] <= 1 and 0 <= row["d_fake"] <= 1 for row in gan["by_epoch"])
+    for fig in ("samples", "reconstructions", "interpolations", "traversal_betavae", "evolution",
+                "gan_training"):
         assert (out / f"{fig}.png").stat().st_size > 0
     md = (out / "report.md").read_text()
-    assert all(name in md for name in ("vae", "betavae", "vqvae", "gan", "real (training frames)"))
+    assert all(name in md for name in ("vae", "betavae", "vqvae", "gan", "real (training frames)",
+                                       "The DCGAN epoch by epoch"))
 
     again = compare_generative(cfg, tmp_path, progress=False)  # loads, does not retrain
     assert again["models"]["vae"]["quality"] == report["models"]["vae"]["quality"]

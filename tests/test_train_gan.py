@@ -19,7 +19,16 @@ from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError, WorldModelsError
 from worldmodels.generative.gan import DCGAN, from_gan_range
 from worldmodels.stages.collect import collect
-from worldmodels.stages.train_gan import gan_step, load_gan, real_batch, sample_gan, train_gan
+from worldmodels.stages.train_gan import (
+    gan_snapshots,
+    gan_step,
+    load_gan,
+    load_generator_snapshot,
+    real_batch,
+    sample_gan,
+    sample_generator,
+    train_gan,
+)
 from worldmodels.utils.checkpoint import load_checkpoint
 from worldmodels.utils.images import make_grid
 from worldmodels.utils.logs import to_uint8_images
@@ -92,6 +101,43 @@ def test_short_run_writes_checkpoint_logs_and_grids(trained):
     grid = iio.imread(run / "gan" / "images" / "samples_0000020.png")
     assert grid.shape == (8 * 66 + 2, 8 * 66 + 2, 3)  # 64 samples, 8 x 8 with 2 px padding
     assert json.loads((run / "config.json").read_text())["gan"]["max_steps"] == 20
+    assert summary["precision"] in ("bf16", "fp32")
+    assert [(e, p.name) for e, p in gan_snapshots(run)] == [
+        (e, f"generator_{e:03d}.pt") for e in (1, 2, 3, 4)]
+
+
+def test_epoch_snapshots_hold_each_epochs_generator(trained):
+    """The last epoch's snapshot is the final G (same samples as sample_gan, same noise);
+    earlier ones are earlier G's; a checkpoint of another kind is refused."""
+    run, _ = trained
+    snaps = gan_snapshots(run)
+    last, step = load_generator_snapshot(snaps[-1][1])
+    assert step == 20 and not last.training
+    assert np.array_equal(sample_generator(last, 6, seed=4), sample_gan(run, 6, seed=4))
+    first, step = load_generator_snapshot(snaps[0][1])
+    assert step == 5
+    assert not np.array_equal(sample_generator(first, 6, seed=4), sample_gan(run, 6, seed=4))
+    with pytest.raises(DataError, match="expected 'gan-generator'"):
+        load_generator_snapshot(run / "gan" / "last.pt")
+
+
+def test_precision_bf16_close_to_fp32_but_not_equal(rollouts):
+    """gan_step honours precision: the same step in bf16 autocast and in fp32 from the
+    same weights agree to bf16 rounding, and are not the same computation."""
+    frames = load_frames(str(rollouts), [0], torch.device("cpu"))[:16]
+    real = real_batch(frames, torch.device("cpu"))
+    z = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    stats = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = DCGAN(16, 8, 8).train()
+        opt_g = torch.optim.Adam(model.generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        stats[precision] = gan_step(model.generator, model.discriminator, opt_g, opt_d, real, z,
+                                    precision=precision)
+        assert stats[precision].dtype == torch.float32
+    assert torch.allclose(stats["bf16"], stats["fp32"], rtol=0.05, atol=0.02)
+    assert not torch.equal(stats["bf16"], stats["fp32"])
 
 
 def test_finished_run_returns_its_summary_at_once(trained):
@@ -214,6 +260,11 @@ def test_cli_trains(rollouts, tmp_path):
 def test_benchmark_rows():
     from worldmodels.benchmark.gan import run
 
-    rows = run(batch_size=2, steps=1, device="cpu")
+    rows = run(batch_size=2, steps=1, device="cpu", precisions=("fp32",))
     assert [r["unit"] for r in rows] == ["images/s", "ms"]
     assert all(r["value"] > 0 for r in rows)
+    rows = run(batch_size=2, steps=2, device="cpu", precisions=("fp32", "bf16"))
+    assert [r["unit"] for r in rows] == ["images/s", "ms", "images/s", "ms", "x"]
+    assert "fp32" in rows[0]["what"] and "bf16" in rows[2]["what"]
+    # the ratio is the two rates' ratio
+    assert rows[4]["value"] == pytest.approx(rows[2]["value"] / rows[0]["value"], rel=1e-9)

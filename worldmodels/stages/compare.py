@@ -195,6 +195,84 @@ def _evolution(run_dir: Path, names: list[str], out: Path) -> Path | None:
     return save_png(canvas, out)
 
 
+def _gan_by_epoch(run_dir: Path, n: int, seed: int, device: torch.device,
+                  nets: dict[str, Any], quality_kw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GAN's sample quality at every epoch's snapshot (``<run>/gan/epochs/``), with the
+    epoch's mean D(x) and D(G(z)) from its training log: how it was judged converged."""
+    from worldmodels.metrics.features import sample_quality
+    from worldmodels.stages.train_gan import (
+        gan_snapshots,
+        load_generator_snapshot,
+        sample_generator,
+    )
+
+    log = _read_jsonl(run_dir / "gan" / "metrics.jsonl")
+    rows = []
+    for epoch, path in gan_snapshots(run_dir):
+        generator, step = load_generator_snapshot(path, device)
+        quality = sample_quality(None, sample_generator(generator, n, seed), nets, **quality_kw)
+        previous = rows[-1]["step"] if rows else 0
+        window = [r for r in log if previous < r["step"] <= step and "charts/D_real" in r]
+        rows.append({
+            "epoch": epoch, "step": step, "quality": quality,
+            "d_real": float(np.mean([r["charts/D_real"] for r in window])) if window else None,
+            "d_fake": float(np.mean([r["charts/D_fake"] for r in window])) if window else None,
+        })
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return out
+
+
+def _gan_training_figure(run_dir: Path, by_epoch: list[dict[str, Any]],
+                         report: dict[str, Any], space: str, out: Path) -> Path:
+    """D(x) and D(G(z)) over training (the log, per step) above the GAN's FD by epoch,
+    with the real floor and the other models' FD as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = [r for r in _read_jsonl(run_dir / "gan" / "metrics.jsonl") if "charts/D_real" in r]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    if log:
+        epochs = [r["charts/epoch"] for r in log]
+        top.plot(epochs, [r["charts/D_real"] for r in log], label="D(x), real frames")
+        top.plot(epochs, [r["charts/D_fake"] for r in log], label="D(G(z)), before D's step")
+    top.axhline(0.5, color="grey", lw=0.8, ls=":")
+    top.set_ylabel("D's output (batch mean)")
+    top.set_ylim(0, 1)
+    top.legend(loc="best")
+    top.set_title("DCGAN training")
+    xs = [r["epoch"] for r in by_epoch]
+    bottom.plot(xs, [r["quality"][space]["fd"] for r in by_epoch], "o-", color="C3",
+                label="DCGAN, each epoch's G")
+    bottom.axhline(report["real_floor"][space]["fd"], color="k", ls="--", lw=1,
+                   label="real frames (floor)")
+    for i, (name, r) in enumerate(report["models"].items()):
+        if name != "gan":
+            bottom.axhline(r["quality"][space]["fd"], color=f"C{i}", ls=":", lw=1.2,
+                           label=f"{name} (final)")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("epoch")
+    bottom.set_ylabel(f"FD ({space} features) ↓")
+    bottom.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    ensure_dir(out.parent)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -234,6 +312,17 @@ def _report_md(report: dict[str, Any]) -> str:
         for name, q in rows.items():
             lines.append(f"| {name} | {_fmt(q['fd'])} | {_fmt(q['kid'], 3)} ± {_fmt(q['kid_std'], 2)} "
                          f"| {_fmt(q['precision'])} | {_fmt(q['recall'])} |")
+    gan_epochs = report["models"].get("gan", {}).get("by_epoch")
+    if gan_epochs:
+        lines += ["", "## The DCGAN epoch by epoch", "",
+                  "| epoch | step | D(x) | D(G(z)) | " + " | ".join(
+                      f"FD {space} | recall {space}" for space in spaces) + " |",
+                  "|---|---|---|---|" + "---|---|" * len(spaces)]
+        for row in gan_epochs:
+            lines.append(f"| {row['epoch']} | {row['step']} | {_fmt(row['d_real'])} | "
+                         f"{_fmt(row['d_fake'])} | " + " | ".join(
+                             f"{_fmt(row['quality'][sp]['fd'])} | "
+                             f"{_fmt(row['quality'][sp]['recall'])}" for sp in spaces) + " |")
     lines += ["", "## Figures", ""]
     for title, path in report["figures"].items():
         lines.append(f"**{title}**\n\n![{title}]({Path(path).name})\n")
@@ -345,6 +434,10 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
             recon_rows.append(_to_uint8(x_hat[:SHOWN]))
         samples = _sample(name, run_dir, model, n, c.seed, device)
         r["quality"] = sample_quality(held_out, samples, nets, **quality_kw)
+        if name == "gan":
+            by_epoch = _gan_by_epoch(run_dir, n, c.seed, device, nets, quality_kw)
+            if by_epoch:
+                r["by_epoch"] = by_epoch
         sample_rows.append(samples[:SHOWN])
         interp_rows.append(_interpolations(name, run_dir, model, held[:2], c.seed, device))
         if name == "betavae":
@@ -364,6 +457,11 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
                      out / "reconstructions.png", scale=2))
     figures[f"Latent interpolations (rows: {', '.join(names)})"] = str(save_png(
         make_grid(np.concatenate(interp_rows), ncols=SHOWN), out / "interpolations.png", scale=2))
+    gan_epochs = report["models"].get("gan", {}).get("by_epoch")
+    if gan_epochs:
+        figures["DCGAN: D(x) and D(G(z)) in training, FD of each epoch's G"] = str(
+            _gan_training_figure(run_dir, gan_epochs, report, "trained-CNN",
+                                 out / "gan_training.png"))
     evo = _evolution(run_dir, [m for m in ("vae", "gan") if m in names], out / "evolution.png")
     if evo is not None:
         figures["Samples across epochs, VAE (left) and GAN (right), fixed noise"] = str(evo)

@@ -23,6 +23,8 @@ Outputs::
     <run>/gan/last.pt            both nets, both optimisers, step, epoch, RNG (every epoch)
     <run>/gan/metrics.jsonl      losses, D(x), D(G(z)), images/s every log_every steps
     <run>/gan/images/            samples_<step>.png: G(fixed noise) at every epoch's end
+    <run>/gan/epochs/            generator_<epoch>.pt: G alone at every epoch's end (what
+                                 compare_generative.py scores epoch by epoch: FD by epoch)
     <run>/tb/gan/                the same in TensorBoard
     <run>/config.json            the resolved config
 
@@ -54,16 +56,21 @@ from worldmodels.data.rollouts import DATASET_NAME
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.generative.gan import (
     DCGAN,
+    Generator,
     discriminator_loss,
     from_gan_range,
     generator_loss,
     to_gan_range,
 )
-from worldmodels.utils.checkpoint import CheckpointManager, load_checkpoint, restore_rng
+from worldmodels.utils.checkpoint import (
+    CheckpointManager,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from worldmodels.utils.logs import RunLogger, to_uint8_images
 from worldmodels.utils.progress import progress_bar
 from worldmodels.utils.torch import (
-    autocast,
     channels_last,
     check_finite,
     count_parameters,
@@ -71,12 +78,17 @@ from worldmodels.utils.torch import (
     eval_mode,
     resolve_device,
     seed_everything,
+    training_autocast,
+    use_bf16,
 )
 
-__all__ = ["train_gan", "gan_step", "load_gan", "sample_gan", "real_batch", "KIND", "STAGE"]
+__all__ = ["train_gan", "gan_step", "load_gan", "sample_gan", "real_batch", "gan_snapshots",
+           "load_generator_snapshot", "sample_generator", "KIND", "SNAPSHOT_KIND", "STAGE"]
 
 KIND = "gan"  # checkpoint kind
+SNAPSHOT_KIND = "gan-generator"  # checkpoint kind of the per-epoch generator snapshots
 STAGE = "gan"  # <run>/gan/ and <run>/tb/gan/
+SNAPSHOTS = "epochs"  # <run>/gan/epochs/generator_<epoch>.pt
 NUM_FIXED_SAMPLES = 64  # images in the per-epoch grid (8 x 8)
 
 
@@ -107,7 +119,7 @@ def real_batch(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
 def gan_step(generator: nn.Module, discriminator: nn.Module,
              opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              real: torch.Tensor, z: torch.Tensor, mode: str = "non_saturating",
-             ) -> torch.Tensor:
+             precision: str = "auto") -> torch.Tensor:
     """One D step then one G step (Goodfellow et al. 2014, Algorithm 1 with k = 1).
 
     :param generator: G (possibly compiled), z (B, Z) -> (B, 3, 64, 64) in [-1, 1].
@@ -115,12 +127,15 @@ def gan_step(generator: nn.Module, discriminator: nn.Module,
     :param real: (B, 3, 64, 64) real frames in [-1, 1].
     :param z: (B, Z) noise for this step.
     :param mode: G's loss, ``'non_saturating'`` or ``'minimax'``.
+    :param precision: the networks' arithmetic, as ``GANConfig.precision``: ``auto`` (bf16
+        autocast on CUDA with bf16 and on CPUs with native bf16, fp32 elsewhere), ``bf16``
+        or ``fp32``; the losses are computed in fp32 either way.
     :return: detached fp32 (4,) ``[loss_D, loss_G, D(x), D(G(z))]`` (D's outputs as
         probabilities, batch means, before D's update), still on the device: reading it
         synchronises, so the caller does that only when it logs.
     """
     device = real.device
-    with autocast(device):
+    with training_autocast(device, precision):
         fake = generator(z)
         real_logits = discriminator(real)
         # detached: D's loss must not move G
@@ -133,7 +148,7 @@ def gan_step(generator: nn.Module, discriminator: nn.Module,
     # G's step against the updated D, through the same fake batch. D's weights get no
     # gradient here (saves a third of D's backward); its BatchNorm still sees the fakes.
     discriminator.requires_grad_(False)
-    with autocast(device):
+    with training_autocast(device, precision):
         logits = discriminator(fake)
     loss_g = generator_loss(logits, mode)
     opt_g.zero_grad(set_to_none=True)
@@ -186,8 +201,8 @@ def _check_losses(first_bad: torch.Tensor) -> None:
 
 
 def _summary(model: DCGAN, step: int, epochs: float, last: list[float], images_per_s: float,
-             seconds: float, checkpoint: Path, device: torch.device, in_memory: bool
-             ) -> dict[str, Any]:
+             seconds: float, checkpoint: Path, device: torch.device, in_memory: bool,
+             precision: str) -> dict[str, Any]:
     return {
         "generator_params": count_parameters(model.generator),
         "discriminator_params": count_parameters(model.discriminator),
@@ -200,6 +215,7 @@ def _summary(model: DCGAN, step: int, epochs: float, last: list[float], images_p
         "images_per_s": images_per_s,
         "seconds": round(seconds, 2),
         "device": str(device),
+        "precision": precision,
         "in_memory": in_memory,
         "checkpoint": str(checkpoint),
     }
@@ -215,8 +231,8 @@ def train_gan(cfg: Config, run_dir: str | os.PathLike[str], *,
     :return: summary dict: ``generator_params``, ``discriminator_params``, ``steps``,
         ``epochs``, final ``loss_d``, ``loss_g``, ``d_real`` (D(x)), ``d_fake``
         (D(G(z))), ``images_per_s`` (real images per second of training), ``seconds``
-        (training wall time, summed over resumes), ``device``, ``in_memory``,
-        ``checkpoint``.
+        (training wall time, summed over resumes), ``device``, ``precision`` (``bf16`` or
+        ``fp32``: what ``gan.precision`` resolved to), ``in_memory``, ``checkpoint``.
     :raises DataError: no rollouts (run ``collect_rollouts.py``), too few frames.
     :raises WorldModelsError: a loss became NaN/inf (names the step).
     """
@@ -314,7 +330,8 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
             # the noise of step s depends on (seed, s) only: resumable on any device
             noise_gen.manual_seed(derive_seed(g.seed, "gan-noise", step))
             z = torch.randn(g.batch_size, g.latent_dim, generator=noise_gen, device=device)
-            stats = gan_step(generator, discriminator, opt_g, opt_d, real, z, g.generator_loss)
+            stats = gan_step(generator, discriminator, opt_g, opt_d, real, z, g.generator_loss,
+                             g.precision)
             sums += stats
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stats[:2]), step, first_bad)
             bar.update()
@@ -344,7 +361,14 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
                 elapsed = time.perf_counter() - t_start
                 images_per_s = (step - start_step) * g.batch_size / max(elapsed, 1e-9)
                 summary = _summary(model, step, step / steps_per_epoch, last, images_per_s,
-                                   seconds + elapsed, manager.last_path, device, in_memory)
+                                   seconds + elapsed, manager.last_path, device, in_memory,
+                                   "bf16" if use_bf16(device, g.precision) else "fp32")
+                # G alone, kept per epoch (the last.pt below is overwritten): FD by epoch
+                save_checkpoint(manager.directory / SNAPSHOTS / f"generator_{epoch:03d}.pt",
+                                kind=SNAPSHOT_KIND, model=model.generator,
+                                model_config={"latent_dim": g.latent_dim,
+                                              "base_channels": g.generator_channels},
+                                step=step, epoch=epoch, rng=False)
                 manager.save(model=model, model_config=model.hparams, optimizer=optimizers,
                              step=step, epoch=epoch,
                              metrics={"loss_d": last[0], "loss_g": last[1], "d_real": last[2],
@@ -377,7 +401,6 @@ def load_gan(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-@torch.no_grad()
 def sample_gan(run_dir: str | os.PathLike[str], n: int, seed: int = 0,
                device: str | torch.device = "cpu", batch_size: int = 256) -> np.ndarray:
     """``n`` frames from the trained GAN of ``run_dir``, as uint8 (n, 64, 64, 3).
@@ -385,11 +408,43 @@ def sample_gan(run_dir: str | os.PathLike[str], n: int, seed: int = 0,
     The noise is drawn on the CPU from ``seed``, so the same seed gives the same frames
     on any device (up to kernel rounding). Runs in fp32, in batches of ``batch_size``.
     """
-    model = load_gan(run_dir, device)
-    device = next(model.parameters()).device
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+    return sample_generator(load_gan(run_dir, device).generator, n, seed, batch_size)
+
+
+@torch.no_grad()
+def sample_generator(generator: Generator, n: int, seed: int = 0, batch_size: int = 256
+                     ) -> np.ndarray:
+    """``n`` frames (n, 64, 64, 3) uint8 from a generator in eval mode, on its device: the
+    noise of :func:`sample_gan` (drawn on the CPU from ``seed``), so the epoch snapshots of
+    one run draw the same ``z`` as its final GAN."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = np.empty((n, 64, 64, 3), dtype=np.uint8)
     for i in range(0, n, batch_size):
-        images = from_gan_range(model(z[i:i + batch_size].to(device)))
+        images = from_gan_range(generator(z[i:i + batch_size].to(device)))
         out[i:i + batch_size] = to_uint8_images(images)
     return out
+
+
+def gan_snapshots(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the run's per-epoch generator snapshots
+    (``<run>/gan/epochs/generator_<epoch>.pt``), by epoch; empty when there are none."""
+    found = []
+    for path in (Path(run_dir) / STAGE / SNAPSHOTS).glob("generator_*.pt"):
+        try:
+            found.append((int(path.stem.split("_", 1)[1]), path))
+        except ValueError:
+            continue  # not one of ours
+    return sorted(found)
+
+
+def load_generator_snapshot(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                            ) -> tuple[Generator, int]:
+    """An epoch snapshot's generator in eval mode on ``device``, and its optimiser step.
+
+    :raises DataError: missing, unreadable or not a generator snapshot.
+    """
+    checkpoint = load_checkpoint(path, kind=SNAPSHOT_KIND)
+    generator = Generator(**checkpoint["model_config"])
+    generator.load_state_dict(checkpoint["state_dict"])
+    return generator.to(resolve_device(device)).eval(), int(checkpoint["step"])
