@@ -99,6 +99,45 @@ def test_real_side_by_side_mp4(run, tmp_path):
     assert frames[0].shape == (224, 576, 3)  # header + real | V | M panels
 
 
+def test_stills_picture_picks_evenly_spread_kept_frames():
+    from worldmodels.stages.watch import stills_picture
+
+    kept = [(i, np.full((4, 6, 3), i, np.uint8)) for i in range(0, 31, 5)]  # steps 0..30
+    picture = stills_picture(kept)
+    assert picture.shape == (3 * 4 + 2 * 8, 2 * 6 + 8, 3)
+    tiles = [picture[r * 12:r * 12 + 4, c * 14:c * 14 + 6] for r in range(3) for c in range(2)]
+    # targets 2.5, 7.5, ..., 27.5; a tie goes to the earlier frame
+    assert [int(t[0, 0, 0]) for t in tiles] == [0, 5, 10, 15, 20, 25]
+    assert (picture[4:12] == 255).all() and (picture[:, 6:14] == 255).all()  # the gaps
+    with pytest.raises(WorldModelsError, match="no frames"):
+        stills_picture([])
+
+
+def test_real_stills_next_to_the_video(run, tmp_path):
+    """--stills: six composed frames of the first episode in 3 rows of 2, each (up to the
+    video's lossy coding) the video's frame at that step."""
+    out, png = tmp_path / "real.mp4", tmp_path / "stills.png"
+    r = run_script("watch.py", "--run", run, "--env", "real", "--max-steps", 30, "--save", out,
+                   "--stills", png, "--seed", 3, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert str(png) in r.stdout
+    frames = mp4_frames(out)
+    picture = iio.imread(png)[..., :3]
+    h, w = frames[0].shape[:2]
+    assert picture.shape == (3 * h + 2 * 8, 2 * w + 8, 3)
+    tiles = [picture[r * (h + 8):r * (h + 8) + h, c * (w + 8):c * (w + 8) + w]
+             for r in range(3) for c in range(2)]
+    for tile, step in zip(tiles, (0, 5, 10, 15, 20, 25)):
+        err = np.abs(tile.astype(int) - frames[step].astype(int)).mean()
+        assert err < 6, (step, err)
+
+
+def test_stills_must_be_png(run, tmp_path):
+    r = run_script("watch.py", "--run", run, "--max-steps", 2, "--save", tmp_path / "a.mp4",
+                   "--stills", tmp_path / "a.jpg", timeout=60)
+    assert r.returncode == 2 and "must end in .png" in r.stderr
+
+
 def test_dream_gif_two_episodes(run, tmp_path):
     out = tmp_path / "dream.gif"
     r = run_script("watch.py", "--run", run, "--env", "dream", "--episodes", 2, "--tau", 0.5,

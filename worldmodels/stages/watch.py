@@ -6,6 +6,7 @@ The logic of ``scripts/watch.py``::
     python scripts/watch.py                                   # pretrained/carracing, real env
     python scripts/watch.py --run runs/demo --env dream --tau 1.15 --episodes 3
     python scripts/watch.py --run runs/demo --env real --save real.mp4 --seed 7
+    python scripts/watch.py --seed 1013 --save drive.mp4 --stills drive.png   # + 6 stills
 
 A live window when there is a display (pygame, as CarRacing's human mode; Esc or q stops),
 a video file otherwise or with --save (.mp4 or .gif); without --save the file is
@@ -18,7 +19,9 @@ decoded by V); --env dream shows V's decoding of the dream's z (the agent acts o
 [z, h]). With a VQ-VAE as V (van den Oord et al. 2017, arXiv:1711.00937) the panels are the
 real frame, the VQ-VAE's reconstruction from its codes and M's most likely next codes
 decoded; the dream shows its sampled code grids decoded. The header gives the episode, the step and the score. Episodes use seeds S, S+1,
-... (track seeds in the real env, episode seeds in the dream).
+... (track seeds in the real env, episode seeds in the dream). ``--stills FILE.png`` also
+writes six moments of the first episode, evenly spread over it, as one picture (3 rows of
+2, each the whole composed frame): what the README shows beside a video.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from worldmodels.errors import DataError, WorldModelsError
 from worldmodels.pretrained import DEFAULT_RUN, resolve_run
 
 PANEL = 192  # side-by-side panel size (96 x 2, 64 x 3)
+STILLS = 6  # moments in the --stills picture (3 rows of 2)
+STILLS_KEEP_EVERY = 5  # frames of the first episode kept for it: every 5th (bounded memory)
 SINGLE = 384  # single-view size (96 x 4, 64 x 6)
 
 
@@ -52,11 +57,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(without a display and without --save: <run>/videos/watch_<env>_"
                              "seed<S>.mp4, or ./runs/watch/<run name>_<env>_seed<S>.mp4 for an "
                              "exported run such as the shipped pretrained/carracing)")
+    parser.add_argument("--stills", metavar="FILE.png",
+                        help="also write six moments of the first episode, evenly spread over "
+                             "it, as one PNG (3 rows of 2 composed frames)")
     args = parser.parse_args(argv)
     w = config_from_args(args).watch
     values = dataclasses.asdict(w)
     values["tau"] = None if w.tau < 0 else w.tau
-    return argparse.Namespace(run=args.run, save=args.save, **values)
+    return argparse.Namespace(run=args.run, save=args.save, stills=args.stills, **values)
+
+
+def stills_picture(kept: list[tuple[int, Any]], n: int = STILLS, gap: int = 8) -> Any:
+    """``n`` of the ``(step, image)`` pairs ``kept``, the nearest to the steps evenly spread
+    over the episode (the middles of ``n`` equal stretches), in rows of 2 with ``gap``
+    white pixels between: (rows * (H + gap) - gap, 2 * W + gap, 3) uint8."""
+    import numpy as np
+
+    if not kept:
+        raise WorldModelsError("--stills: the episode gave no frames")
+    last = kept[-1][0]
+    steps = np.array([k for k, _ in kept])
+    picked = [kept[int(np.abs(steps - (j + 0.5) * last / n).argmin())][1] for j in range(n)]
+    h, w, _ = picked[0].shape
+    rows = -(-n // 2)
+    out = np.full((rows * (h + gap) - gap, 2 * w + gap, 3), 255, np.uint8)
+    for j, image in enumerate(picked):
+        r, c = divmod(j, 2)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
+    return out
 
 
 # ------------------------------------------------------------------------------ episodes
@@ -164,6 +192,9 @@ def _main(argv: list[str] | None = None) -> int:
     save = Path(args.save) if args.save else None
     if save is not None and save.suffix.lower() not in (".mp4", ".gif"):
         raise WorldModelsError(f"--save {save}: the video must end in .mp4 or .gif")
+    stills = Path(args.stills) if args.stills else None
+    if stills is not None and stills.suffix.lower() != ".png":
+        raise WorldModelsError(f"--stills {stills}: the picture must end in .png")
 
 
     from worldmodels.run import load_agent, make_dream_env
@@ -189,6 +220,7 @@ def _main(argv: list[str] | None = None) -> int:
     writer = VideoWriter(save, args.fps) if save is not None else None
     window = None
     returns = []
+    kept: list[tuple[int, Any]] = []  # (step, image) of the first episode, for --stills
     try:
         for k in range(args.episodes):
             seed = args.seed + k
@@ -198,8 +230,10 @@ def _main(argv: list[str] | None = None) -> int:
             total = 0.0
             bar = progress_bar(None, total=args.max_steps + 1, desc=f"episode {k + 1}",
                                unit="step", leave=False)
-            for image, score in frames:
+            for i, (image, score) in enumerate(frames):
                 total = score
+                if stills is not None and k == 0 and i % STILLS_KEEP_EVERY == 0:
+                    kept.append((i, image.copy()))
                 bar.update(1)
                 bar.set_postfix_str(f"score {score:.1f}", refresh=False)
                 if writer is not None:
@@ -227,6 +261,10 @@ def _main(argv: list[str] | None = None) -> int:
     if writer is not None and writer.frames:
         path = writer.close()
         print(f"video: {path} ({writer.frames} frames at {args.fps:g} fps)")
+    if stills is not None and kept:
+        from worldmodels.utils.images import save_png
+
+        print(f"stills: {save_png(stills_picture(kept), stills)}")
     if len(returns) > 1:
         import statistics
 
