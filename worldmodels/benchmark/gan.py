@@ -87,7 +87,7 @@ def run(batch_size: int = 128, steps: int = 20, device: str = "auto",
     gen = torch.Generator().manual_seed(0)
     real = (torch.rand(batch_size, 3, 64, 64, generator=gen) * 2 - 1).to(dev).contiguous(
         memory_format=fmt)
-    z = torch.randn(batch_size, DCGAN().latent_dim, generator=gen).to(dev)
+    z = torch.randn(batch_size, model.latent_dim, generator=gen).to(dev)
 
     def step(precision: str) -> None:
         model, opt_g, opt_d = setups[precision]

@@ -43,7 +43,7 @@ from worldmodels.data.datasets import RolloutDataset, split_episodes
 from worldmodels.errors import DataError
 from worldmodels.metrics.generative import psnr
 from worldmodels.utils.images import make_grid, save_png
-from worldmodels.utils.io import atomic_write_text, ensure_dir
+from worldmodels.utils.io import atomic_path, atomic_write_text, ensure_dir
 from worldmodels.utils.torch import resolve_device
 
 VAE_MODELS = ("vae", "betavae", "vqvae")
@@ -206,13 +206,13 @@ def _gan_by_epoch(run_dir: Path, n: int, seed: int, device: torch.device,
         sample_generator,
     )
 
-    log = _read_jsonl(run_dir / "gan" / "metrics.jsonl")
+    log = _gan_log(run_dir)
     rows = []
     for epoch, path in gan_snapshots(run_dir):
         generator, step = load_generator_snapshot(path, device)
         quality = sample_quality(None, sample_generator(generator, n, seed), nets, **quality_kw)
         previous = rows[-1]["step"] if rows else 0
-        window = [r for r in log if previous < r["step"] <= step and "charts/D_real" in r]
+        window = [r for r in log if previous < r["step"] <= step]
         rows.append({
             "epoch": epoch, "step": step, "quality": quality,
             "d_real": float(np.mean([r["charts/D_real"] for r in window])) if window else None,
@@ -221,16 +221,15 @@ def _gan_by_epoch(run_dir: Path, n: int, seed: int, device: torch.device,
     return rows
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _gan_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The GAN's logged steps with D(x) and D(G(z)) (:func:`read_metrics`), [] without a log."""
+    from worldmodels.utils.logs import read_metrics
+
+    path = run_dir / "gan" / "metrics.jsonl"
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return out
+    return [r for r in read_metrics(path)
+            if r.get("charts/D_real") is not None and r.get("charts/D_fake") is not None]
 
 
 def _gan_training_figure(run_dir: Path, by_epoch: list[dict[str, Any]],
@@ -242,7 +241,7 @@ def _gan_training_figure(run_dir: Path, by_epoch: list[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = [r for r in _read_jsonl(run_dir / "gan" / "metrics.jsonl") if "charts/D_real" in r]
+    log = _gan_log(run_dir)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
     if log:
         epochs = [r["charts/epoch"] for r in log]
@@ -268,7 +267,8 @@ def _gan_training_figure(run_dir: Path, by_epoch: list[dict[str, Any]],
     bottom.legend(loc="best", fontsize=8)
     fig.tight_layout()
     ensure_dir(out.parent)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
 

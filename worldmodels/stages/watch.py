@@ -73,18 +73,14 @@ def stills_picture(kept: list[tuple[int, Any]], n: int = STILLS, gap: int = 8) -
     white pixels between: (rows * (H + gap) - gap, 2 * W + gap, 3) uint8."""
     import numpy as np
 
+    from worldmodels.utils.images import make_grid
+
     if not kept:
         raise WorldModelsError("--stills: the episode gave no frames")
     last = kept[-1][0]
     steps = np.array([k for k, _ in kept])
     picked = [kept[int(np.abs(steps - (j + 0.5) * last / n).argmin())][1] for j in range(n)]
-    h, w, _ = picked[0].shape
-    rows = -(-n // 2)
-    out = np.full((rows * (h + gap) - gap, 2 * w + gap, 3), 255, np.uint8)
-    for j, image in enumerate(picked):
-        r, c = divmod(j, 2)
-        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
-    return out
+    return make_grid(np.stack(picked), ncols=2, pad=gap)[gap:-gap, gap:-gap]  # no outer border
 
 
 # ------------------------------------------------------------------------------ episodes
