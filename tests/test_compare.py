@@ -56,3 +56,27 @@ def test_compare_generative_report(tmp_path):
     again = compare_generative(cfg, tmp_path, progress=False)  # loads, does not retrain
     assert again["models"]["vae"]["quality"] == report["models"]["vae"]["quality"]
     assert again["models"]["gan"]["quality"] == report["models"]["gan"]["quality"]
+
+
+def test_evolution_orders_grids_by_step_and_counts_images(tmp_path):
+    """The lab's picture reads each model's fixed-noise grids in step order (not name
+    order: ``samples_900`` comes before ``samples_1000``) and labels them with step x the
+    run's batch size; with one model's grids there is nothing to set beside it."""
+    import numpy as np
+
+    from worldmodels.stages.compare import _evolution, _sample_grids
+    from worldmodels.utils.images import save_png
+
+    rng = np.random.default_rng(0)
+    for name, batch, steps in (("vae", 100, (1000, 900)), ("gan", 128, (5,))):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "hparams.json").write_text(json.dumps({"batch_size": batch}))
+        for s in steps:
+            save_png(rng.integers(0, 256, (100, 530, 3), dtype=np.uint8),
+                     tmp_path / name / "images" / f"images_samples_{s}.png")
+    grids = _sample_grids(tmp_path, "vae")
+    assert [(step, seen) for step, seen, _ in grids] == [(900, 90_000), (1000, 100_000)]
+    assert grids[0][2].shape == (68, 530, 3)
+    assert _evolution(tmp_path, ["vae"], tmp_path / "one.png") is None
+    out = _evolution(tmp_path, ["vae", "gan"], tmp_path / "evo.png")
+    assert out is not None and out.stat().st_size > 0

@@ -48,6 +48,7 @@ from worldmodels.utils.torch import resolve_device
 
 VAE_MODELS = ("vae", "betavae", "vqvae")
 SHOWN = 8  # frames per row in the figures
+MODEL_TITLES = {"vae": "VAE", "betavae": "β-VAE", "vqvae": "VQ-VAE", "gan": "DCGAN"}
 
 
 def _models(cfg: Config) -> list[str]:
@@ -167,32 +168,60 @@ def _traversal(model: torch.nn.Module, frames: torch.Tensor, dims: int = 8) -> n
     return _to_uint8(torch.cat(rows))
 
 
-def _evolution(run_dir: Path, names: list[str], out: Path) -> Path | None:
-    """Samples across epochs, the models side by side: one row per logged sample grid
-    (the fixed-noise grids the training loops save each epoch)."""
+def _sample_grids(run_dir: Path, name: str) -> list[tuple[int, int | None, np.ndarray]]:
+    """A model's logged fixed-noise sample grids (``<run>/<name>/images/*samples_<step>.png``,
+    the grid each training loop saves at every epoch's end) in step order, as
+    ``(step, images seen, first row of the grid)``; images seen is step x the run's
+    ``batch_size`` (``hparams.json``), None without it."""
     import imageio.v3 as iio
 
-    columns = []
-    for name in names:
-        files = sorted((run_dir / name / "images").glob("*samples_*.png"),
-                       key=lambda f: int(f.stem.rsplit("_", 1)[1]))
-        if files:
-            # the first row of each grid (8 samples of 64 px, 2 px padding): one row per epoch
-            columns.append([iio.imread(f)[:68, :, :3] for f in files])
+    files = sorted((run_dir / name / "images").glob("*samples_*.png"),
+                   key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+    hparams = run_dir / name / "hparams.json"
+    batch = json.loads(hparams.read_text()).get("batch_size") if hparams.exists() else None
+    # the first row of each grid: 8 samples of 64 px with make_grid's 2 px padding
+    return [(step, step * batch if batch else None, iio.imread(f)[:68, :, :3])
+            for f in files for step in [int(f.stem.rsplit("_", 1)[1])]]
+
+
+def _evolution(run_dir: Path, names: list[str], out: Path) -> Path | None:
+    """Samples across training, the models side by side: a column per model, a row per
+    logged grid (the same fixed noise each time), each row labelled with the step and the
+    images the model had seen, so that unequal budgets stay visible (a model that logged
+    fewer grids leaves its lower cells empty). None unless two models logged grids."""
+    columns = {name: grids for name in names if (grids := _sample_grids(run_dir, name))}
     if len(columns) < 2:
         return None
-    rows = min(len(c) for c in columns)
-    # evenly spaced epochs when one model logged more grids than the other
-    picked = [[c[i] for i in np.linspace(0, len(c) - 1, rows).round().astype(int)]
-              for c in columns]
-    h = max(img.shape[0] for c in picked for img in c)
-    w = max(img.shape[1] for c in picked for img in c)
-    canvas = np.full((rows * (h + 4), len(picked) * (w + 8), 3), 255, np.uint8)
-    for j, col in enumerate(picked):
-        for i, img in enumerate(col):
-            canvas[i * (h + 4):i * (h + 4) + img.shape[0],
-                   j * (w + 8):j * (w + 8) + img.shape[1]] = img
-    return save_png(canvas, out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(g) for g in columns.values())
+    width = max(img.shape[1] for g in columns.values() for _, _, img in g)
+    fig, axes = plt.subplots(rows, len(columns), squeeze=False,
+                             figsize=(len(columns) * width / 90, rows * 0.85 + 0.4))
+    for j, (name, grids) in enumerate(columns.items()):
+        for i in range(rows):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if i == 0:
+                ax.set_title(MODEL_TITLES.get(name, name), fontsize=9)
+            if i >= len(grids):
+                continue
+            step, seen, img = grids[i]
+            ax.imshow(img, interpolation="nearest")
+            label = f"step {step:,}" + (f"\n{seen / 1000:,.0f}k images" if seen else "")
+            ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.3)
+    ensure_dir(out.parent)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+    return out
 
 
 def _gan_by_epoch(run_dir: Path, n: int, seed: int, device: torch.device,
@@ -464,7 +493,8 @@ def compare_generative(cfg: Config, run_dir: str | Path, *, progress: bool | Non
                                  out / "gan_training.png"))
     evo = _evolution(run_dir, [m for m in ("vae", "gan") if m in names], out / "evolution.png")
     if evo is not None:
-        figures["Samples across epochs, VAE (left) and GAN (right), fixed noise"] = str(evo)
+        figures["Samples across training, VAE (left) and DCGAN (right), fixed noise; "
+                "rows labelled with the step and the images seen"] = str(evo)
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
 
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
