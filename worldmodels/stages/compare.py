@@ -175,13 +175,13 @@ def _sample_grids(run_dir: Path, name: str) -> list[tuple[int, int | None, np.nd
     ``batch_size`` (``hparams.json``), None without it."""
     import imageio.v3 as iio
 
-    files = sorted((run_dir / name / "images").glob("*samples_*.png"),
-                   key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+    steps = sorted((int(f.stem.rsplit("_", 1)[1]), f)
+                   for f in (run_dir / name / "images").glob("*samples_*.png"))
     hparams = run_dir / name / "hparams.json"
     batch = json.loads(hparams.read_text()).get("batch_size") if hparams.exists() else None
     # the first row of each grid: 8 samples of 64 px with make_grid's 2 px padding
     return [(step, step * batch if batch else None, iio.imread(f)[:68, :, :3])
-            for f in files for step in [int(f.stem.rsplit("_", 1)[1])]]
+            for step, f in steps]
 
 
 def _evolution(run_dir: Path, names: list[str], out: Path) -> Path | None:
