@@ -413,3 +413,38 @@ def test_manager_repairs_best_killed_between_last_and_best(tmp_path):
     resumed = CheckpointManager(tmp_path, "vae", metric="loss")
     assert resumed.latest()["step"] == 1
     assert resumed.best()["step"] == 1 and resumed.best_value == 1.0
+
+
+def test_init_weights_load_an_fp16_export_into_an_fp32_model(tmp_path):
+    # fine-tuning from an export: fp16 weights, cast into the fresh fp32 model, exactly
+    trained, config, _, _ = _trained()
+    half = TinyNet(**config)
+    half.load_state_dict(trained.state_dict())
+    _save(tmp_path / "run" / "vae" / "best.pt", half.half(), config)
+    fresh = TinyNet(**config)
+    info = ckpt_module.load_init_weights(fresh, tmp_path / "run", kind="vae", stage="vae",
+                                         model_config=config, key="vae.init")
+    assert info["checkpoint"].endswith("best.pt") and info["step"] == 3
+    for key, value in fresh.state_dict().items():
+        assert value.dtype == trained.state_dict()[key].dtype
+        torch.testing.assert_close(value, trained.state_dict()[key].half().to(value.dtype),
+                                   rtol=0, atol=0, msg=key)
+    assert info["sha256"] == ckpt_module.weights_sha256(half.state_dict())
+
+
+def test_init_weights_refuse_other_shapes_kinds_and_missing_files(tmp_path):
+    trained, config, _, _ = _trained()
+    path = _save(tmp_path / "v.pt", trained, config)
+    other = {"channels": 8, "out_dim": 3}
+    with pytest.raises(ConfigError, match=r"vae.init: .*channels=4.*channels=8"):
+        ckpt_module.load_init_weights(TinyNet(**other), path, kind="vae", stage="vae",
+                                      model_config=other, key="vae.init")
+    with pytest.raises(DataError, match="'vae' checkpoint, expected 'mdnrnn'"):
+        ckpt_module.load_init_weights(TinyNet(**config), path, kind="mdnrnn", stage="mdnrnn",
+                                      model_config=config, key="mdnrnn.init")
+    with pytest.raises(DataError, match="mdnrnn.init: .* has no mdnrnn/best.pt"):
+        ckpt_module.load_init_weights(TinyNet(**config), tmp_path, kind="mdnrnn",
+                                      stage="mdnrnn", model_config=config, key="mdnrnn.init")
+    with pytest.raises(DataError, match="vae.init: no run directory or checkpoint"):
+        ckpt_module.load_init_weights(TinyNet(**config), tmp_path / "nope", kind="vae",
+                                      stage="vae", model_config=config, key="vae.init")

@@ -199,6 +199,27 @@ def test_latent_dim_mismatch_is_one_line_config_error(tmp_path, source):
     assert result.returncode == 2 and len(lines) == 1 and "latent_dim=16" in lines[0], result.stderr
 
 
+def test_init_fine_tunes_from_a_trained_m(tmp_path, source):
+    # an M trained 12 steps; a fine-tuning run from it at a learning rate too small to move
+    # it validates at the source's loss (weights and heads loaded), below a fresh M's
+    origin_run = new_run(tmp_path, source, "origin")
+    train_mdnrnn(config(), origin_run, progress=False)
+    best = load_checkpoint(origin_run / "mdnrnn" / "best.pt")
+    tuned = new_run(tmp_path, source, "tuned")
+    result = train_mdnrnn(config(steps=1, eval_every=1, lr=1e-12, init=str(origin_run)), tuned,
+                          progress=False)
+    fresh = train_mdnrnn(config(steps=1, eval_every=1, lr=1e-12),
+                         new_run(tmp_path, source, "fresh"), progress=False)
+    assert result["steps"] == 1
+    assert result["val/loss"] == pytest.approx(best["metrics"]["val/loss"], rel=1e-4)
+    assert result["val/loss"] < fresh["val/loss"] - 0.05
+    init = load_checkpoint(tuned / "mdnrnn" / "last.pt")["extra"]["init"]
+    assert init["checkpoint"] == str(origin_run / "mdnrnn" / "best.pt")
+    with pytest.raises(ConfigError, match="mdnrnn.init: .*hidden_dim=32.*hidden_dim=16"):
+        train_mdnrnn(config(steps=1, hidden_dim=16, init=str(origin_run)),
+                     new_run(tmp_path, source, "other"), progress=False)
+
+
 def test_episodes_shorter_than_seq_len_train_padded(tmp_path, source):
     # every 40-step episode is shorter than seq_len=50: each one padded sequence, not dropped
     s = train_mdnrnn(config(seq_len=50, steps=2, eval_every=2),

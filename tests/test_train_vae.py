@@ -28,7 +28,7 @@ from worldmodels.run import load_code_prior, load_vae
 from worldmodels.stages import train_vae as train_module
 from worldmodels.stages.collect import collect
 from worldmodels.stages.train_vae import evaluate, train_vae
-from worldmodels.utils.checkpoint import load_checkpoint
+from worldmodels.utils.checkpoint import load_checkpoint, weights_sha256
 
 STEPS_PER_EPOCH = 10
 
@@ -187,6 +187,31 @@ def test_other_latent_dim_in_same_dir_is_config_error(tmp_path, rollouts):
         train_vae(config("vae", max_steps=2, latent_dim=16), run, progress=False)
     with pytest.raises(ConfigError, match="batch_size"):
         train_vae(config("vae", max_steps=2, batch_size=4), run, progress=False)
+
+
+def test_init_fine_tunes_from_a_trained_v(tmp_path, rollouts):
+    # a V trained 10 steps; a fine-tuning run from it at a learning rate too small to move it
+    # validates at the source's loss (the weights were loaded), far below a fresh V's
+    source = new_run(tmp_path, rollouts, "source")
+    train_vae(config("vae", max_steps=10), source, progress=False)
+    best = load_checkpoint(source / "vae" / "best.pt")
+    tuned = new_run(tmp_path, rollouts, "tuned")
+    result = train_vae(config("vae", max_steps=1, lr=1e-12, init=str(source)), tuned,
+                       progress=False)
+    fresh = train_vae(config("vae", max_steps=1, lr=1e-12), new_run(tmp_path, rollouts, "fresh"),
+                      progress=False)
+    assert result["steps"] == 1  # the fine-tuning run counts its own steps
+    assert result["val/loss"] == pytest.approx(best["metrics"]["val/loss"], rel=1e-4)
+    assert result["val/loss"] < 0.9 * fresh["val/loss"]
+    origin = load_checkpoint(tuned / "vae" / "last.pt")["extra"]["init"]
+    assert origin["checkpoint"] == str(source / "vae" / "best.pt")
+    assert origin["sha256"] == weights_sha256(best["state_dict"])
+    # resuming the fine-tuned run keeps its own weights; another init is not re-applied
+    assert train_vae(config("vae", max_steps=2, init=str(tmp_path / "nope")), tuned,
+                     progress=False)["steps"] == 2
+    with pytest.raises(ConfigError, match="vae.init: .*latent_dim=32.*latent_dim=16"):
+        train_vae(config("vae", max_steps=1, latent_dim=16, init=str(source)),
+                  new_run(tmp_path, rollouts, "other"), progress=False)
 
 
 def test_too_few_frames_for_a_batch(tmp_path, rollouts):

@@ -127,6 +127,10 @@ class VAEConfig:
                         "'yes' or 'no' (stream from HDF5)", choices=("auto", "yes", "no"))
     log_every: int = _f(50, "optimiser steps between TensorBoard scalars")
     max_steps: int = _f(0, "stop after this many optimiser steps in total (0: no limit)")
+    init: str = _f("", "fine-tune: start from the weights of a trained V of the same model, a "
+                   "run directory (its <model>/best.pt, else last.pt) or a checkpoint (an fp16 "
+                   "export too), instead of a fresh initialisation, the paper's iterative "
+                   "training on old + new rollouts; only when the run starts ('' : fresh)")
 
 
 @dataclass
@@ -194,6 +198,11 @@ class MDNRNNConfig:
                              "whole gradient to norm <= grad_clip (chosen by measurement)",
                              choices=("norm", "value"))
     steps: int = _f(4000, "optimiser steps in total (the authors' code: 4,000)")
+    init: str = _f("", "fine-tune: start from the weights of a trained M of the same shape, a "
+                   "run directory (its mdnrnn/best.pt, else last.pt) or a checkpoint (an fp16 "
+                   "export too), instead of a fresh initialisation, the paper's iterative "
+                   "training; steps counts this run's steps; only when the run starts ('' : "
+                   "fresh)")
     reward_weight: float = _f(1.0, "weight of the reward MSE in the loss (0: not trained)")
     done_weight: float = _f(1.0, "weight of the done BCE in the loss (0: not trained)")
     done_pos_weight: float = _f(10.0, "BCE weight of the done steps (about one in a thousand): "

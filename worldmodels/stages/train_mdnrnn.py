@@ -49,6 +49,11 @@ Writes ``<run>/mdnrnn/{last,best}.pt`` (best: lowest ``val/loss``), ``metrics.js
 same data order (epoch ``e``'s windows and order depend only on ``(seed, e)``, the noise of
 step ``s`` only on ``(seed, s)``), so a resumed run equals an uninterrupted one; logs after
 the checkpoint are dropped; a first Ctrl-C checkpoints the current step and stops.
+
+**Fine-tuning** (``init``) as V's: a new run starts from a trained M's weights (its heads
+included, so the baselines' initialisation is replaced) with a fresh optimiser at step 0,
+on the latents of this run's V; the paper's iterative training retrains M on old + new
+rollouts this way.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ from worldmodels.stages.mdnrnn_eval import Baselines, evaluate, init_heads, pred
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     describe_diff,
+    load_init_weights,
     restore_rng,
     settings_diff,
 )
@@ -283,6 +289,9 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
                 group["lr"] = m.lr
             step, metrics, extra = checkpoint["step"], checkpoint["metrics"], checkpoint["extra"]
             restore_rng(checkpoint)
+        elif m.init:  # fine-tuning: a trained M's weights (heads included), a fresh optimiser
+            extra["init"] = load_init_weights(model, m.init, kind=STAGE, stage=STAGE,
+                                              model_config=model_config, key="mdnrnn.init")
 
         def summary(seq_steps_per_s: float | None) -> dict[str, Any]:
             path = manager.best_path if manager.best_path.exists() else manager.last_path
@@ -396,6 +405,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path, *,
                 rate = trained_steps * seq_steps / max(train_seconds, 1e-9)
                 extra = {
                     "train": dataclasses.asdict(m), "vae": data.vae,
+                    "init": extra.get("init"),  # the fine-tuned M's origin (None: fresh)
                     "latents": str(data.path), "steps_per_epoch": steps_per_epoch,
                     "baselines": {"reward_mean": baselines.reward_mean,
                                   "done_rate": baselines.done_rate},

@@ -42,6 +42,11 @@ summary at once. A first Ctrl-C (or SIGTERM) finishes the current step, checkpoi
 stops (while the VQ-VAE's prior trains, it stops at once: ``prior.pt`` holds the last
 finished prior epoch). The settings that fix the model or the data order must not change
 between runs of one directory (one-line :class:`~worldmodels.errors.ConfigError`).
+
+**Fine-tuning** (``init``, the paper's iterative training: V retrained on old + new
+rollouts): a new run starts from a trained V's weights (a run directory or a checkpoint, an
+fp16 export too; the model settings must match) with a fresh optimiser at step 0; the origin
+is recorded in the checkpoint's ``extra["init"]``. A run that resumes ignores ``init``.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ from worldmodels.stages.train_prior import current_prior, train_prior
 from worldmodels.utils.checkpoint import (
     CheckpointManager,
     describe_diff,
+    load_init_weights,
     restore_rng,
     settings_diff,
 )
@@ -287,6 +293,9 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
                 group["lr"] = v.lr
             step, metrics, extra = checkpoint["step"], checkpoint["metrics"], checkpoint["extra"]
             restore_rng(checkpoint)
+        elif v.init:  # fine-tuning: a trained V's weights, a fresh optimiser, step 0
+            extra["init"] = load_init_weights(model, v.init, kind=KINDS[v.model], stage=v.model,
+                                              model_config=model_config, key="vae.init")
         wall_before = float(extra.get("wall_seconds", 0.0))
 
         def summary(images_per_s: float | None, prior: dict[str, Any] | None) -> dict[str, Any]:
@@ -399,6 +408,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, progress: bool | None = None)
                     metrics = {}
                 extra = {
                     "train": dataclasses.asdict(v), "data_variance": data_variance,
+                    "init": extra.get("init"),  # the fine-tuned V's origin (None: fresh)
                     "steps_per_epoch": steps_per_epoch,
                     "data": "memory" if in_memory else "stream",
                     "images_per_s": trained_images / max(train_seconds, 1e-9),

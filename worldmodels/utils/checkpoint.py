@@ -438,6 +438,38 @@ def describe_diff(diff: list[tuple[str, Any, Any]]) -> tuple[str, str]:
             ", ".join(f"{k}={b!r}" for k, _, b in diff))
 
 
+def load_init_weights(model: nn.Module, init: str | os.PathLike[str], *, kind: str, stage: str,
+                      model_config: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Fine-tuning: copy into ``model`` the weights of a trained checkpoint of the same
+    model (the paper's iterative training fine-tunes V and M on old + new data).
+
+    :param init: a run directory (its ``<stage>/best.pt``, else ``last.pt``) or a
+        checkpoint file; an fp16 export loads too (the weights are cast to ``model``'s).
+    :param kind: the checkpoint kind expected; ``model_config``: this run's, which the
+        checkpoint's must equal; ``key``: the setting's name, for the messages.
+    :return: ``{"checkpoint": path, "step": its step, "sha256": its weights' hash}``.
+    :raises DataError: nothing there, or an unreadable checkpoint or one of another kind.
+    :raises ConfigError: a model of other settings.
+    """
+    path = Path(init)
+    if path.is_dir():
+        found = [path / stage / name for name in (CheckpointManager.BEST, CheckpointManager.LAST)
+                 if (path / stage / name).is_file()]
+        if not found:
+            raise DataError(f"{key}: {path} has no {stage}/best.pt or {stage}/last.pt")
+        path = found[0]
+    elif not path.is_file():
+        raise DataError(f"{key}: no run directory or checkpoint {path}")
+    checkpoint = load_checkpoint(path, kind=kind, map_location="cpu")
+    diff = settings_diff(checkpoint, model_config, None, ())
+    if diff:
+        was, now = describe_diff(diff)
+        raise ConfigError(f"{key}: {path} holds a model with {was}, this run's has {now}")
+    model.load_state_dict(checkpoint["state_dict"])  # copied into model's dtype and layout
+    return {"checkpoint": str(path), "step": int(checkpoint["step"]),
+            "sha256": weights_sha256(checkpoint["state_dict"])}
+
+
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of a state dict: every key, dtype, shape and raw byte, in key order (a
     model's identity: saved again unchanged it keeps it, trained further it does not)."""
