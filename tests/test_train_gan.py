@@ -121,6 +121,51 @@ def test_epoch_snapshots_hold_each_epochs_generator(trained):
         load_generator_snapshot(run / "gan" / "last.pt")
 
 
+def test_ema_update_is_the_warmed_up_average():
+    """G_ema <- d G_ema + (1 - d) G with d = min(decay, (1 + t) / (10 + t)); buffers copied."""
+    torch.manual_seed(0)
+    average, model = DCGAN(16, 8, 8).generator, DCGAN(16, 8, 8).generator
+    model(torch.randn(4, 16))  # moves BatchNorm's running statistics away from the average's
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    params = dict(model.named_parameters())
+    for step, d in ((0, 0.1), (1000, 0.99)):  # warm-up, then the decay itself
+        expected = {k: d * v + (1 - d) * params[k].detach() if k in params else v
+                    for k, v in average.state_dict().items()}
+        train_module.ema_update(average, model, 0.99, step)
+        for name, value in average.named_parameters():
+            torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    for name, value in average.named_buffers():
+        assert torch.equal(value, model.state_dict()[name]), name
+    assert not torch.equal(average.state_dict()["net.0.weight"], before["net.0.weight"])
+
+
+def test_ema_generator_is_what_is_sampled(trained, rollouts, tmp_path):
+    """With ema > 0 (the default) the snapshots, grids and load_gan hold the average, not the
+    raw G; with ema = 0 they hold G itself."""
+    run, _ = trained
+    ckpt = load_checkpoint(run / "gan" / "last.pt")
+    average = ckpt["extra"]["ema_generator"]
+    raw = {k[len("generator."):]: v for k, v in ckpt["state_dict"].items()
+           if k.startswith("generator.")}
+    snapshot = load_checkpoint(gan_snapshots(run)[-1][1])
+    assert snapshot["extra"]["ema"] == 0.999
+    assert all(torch.equal(snapshot["state_dict"][k], v) for k, v in average.items())
+    assert not all(torch.equal(average[k], v) for k, v in raw.items())
+    loaded = load_gan(run).generator.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in average.items())
+
+    plain = new_run(tmp_path, rollouts, "plain")
+    train_gan(gan_cfg(max_steps=5, ema=0.0), plain, progress=False)
+    ckpt = load_checkpoint(plain / "gan" / "last.pt")
+    assert ckpt["extra"]["ema_generator"] is None
+    snapshot = load_checkpoint(gan_snapshots(plain)[-1][1])
+    assert snapshot["extra"]["ema"] == 0.0
+    assert all(torch.equal(v, ckpt["state_dict"]["generator." + k])
+               for k, v in snapshot["state_dict"].items())
+    with pytest.raises(ConfigError, match="gan.ema"):
+        gan_cfg(ema=1.0)
+
+
 def test_precision_bf16_close_to_fp32_but_not_equal(rollouts):
     """gan_step honours precision: the same step in bf16 autocast and in fp32 from the
     same weights agree to bf16 rounding, and are not the same computation."""
@@ -207,6 +252,8 @@ def test_resume_equals_uninterrupted(rollouts, tmp_path, in_memory):
     assert a["step"] == b["step"] == 14
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+    for key, value in a["extra"]["ema_generator"].items():
+        assert torch.equal(value, b["extra"]["ema_generator"][key]), key
     for net in ("generator", "discriminator"):
         for i, state in a["optimizer"][net]["state"].items():
             for name, t in state.items():

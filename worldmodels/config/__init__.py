@@ -119,6 +119,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{section}.val_episodes must be in [0, 1), got {obj.val_episodes}")
     if not 0 <= g.beta1 < 1:
         raise ConfigError(f"gan.beta1 must be in [0, 1), got {g.beta1}")
+    if not 0 <= g.ema < 1:
+        raise ConfigError(f"gan.ema must be in [0, 1), got {g.ema}")
     m = cfg.compare
     _positive("compare", m, ("num_samples", "feature_epochs", "pr_neighbours"))
     known = {"vae", "betavae", "vqvae", "gan"}

@@ -148,6 +148,10 @@ class GANConfig:
     batch_size: int = _f(128, "frames per batch (Radford et al. 2016: 128)")
     lr: float = _f(2e-4, "Adam learning rate of both networks (Radford et al. 2016: 2e-4)")
     beta1: float = _f(0.5, "Adam beta1 (Radford et al. 2016: 0.5)")
+    ema: float = _f(0.999, "decay of the exponential moving average of G's weights that "
+                    "samples, the epoch grids and snapshots and the comparison use (Yazici et "
+                    "al. 2019: it steadies a GAN's samples and FD across steps), warmed up as "
+                    "min(ema, (1 + t) / (10 + t)) at step t; 0: the raw G")
     val_episodes: float = _f(0.05, "fraction of episodes held out (same split as V)")
     seed: int = _f(0, "seed of initialisation, shuffling and sampling")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")

@@ -11,6 +11,14 @@ batch and a detached fake batch) with one step of G (the ``non_saturating`` loss
 arXiv:1511.06434: Adam with lr 2e-4 and beta1 0.5 for both networks, batch 128, images in
 [-1, 1].
 
+The generator that is sampled (the epoch grids and snapshots, :func:`load_gan`, the
+comparison) is, with ``gan.ema > 0``, an exponential moving average of G's weights
+(Yazıcı et al., *The Unusual Effectiveness of Averaging in GAN Training*, ICLR 2019,
+arXiv:1806.04498): after step ``t``, ``G_ema <- d G_ema + (1 - d) G`` with
+``d = min(ema, (1 + t) / (10 + t))`` (short runs average over their own length), BatchNorm's
+running statistics copied from G. G's oscillation around the equilibrium averages out, so
+samples and FD move with the trend rather than with the last step; G itself trains as before.
+
 Data: the frames of the training episodes of ``<run>/rollouts.h5`` (the episode split of
 :func:`~worldmodels.data.datasets.split_episodes`, the same as V's), held as one uint8
 tensor on the device when they fit (shuffled by an index permutation there, nothing read
@@ -20,10 +28,12 @@ one graph.
 
 Outputs::
 
-    <run>/gan/last.pt            both nets, both optimisers, step, epoch, RNG (every epoch)
+    <run>/gan/last.pt            both nets, both optimisers, step, epoch, RNG (every epoch);
+                                 extra["ema_generator"]: the averaged G (None: ema = 0)
     <run>/gan/metrics.jsonl      losses, D(x), D(G(z)), images/s every log_every steps
     <run>/gan/images/            samples_<step>.png: G(fixed noise) at every epoch's end
-    <run>/gan/epochs/            generator_<epoch>.pt: G alone at every epoch's end (what
+    <run>/gan/epochs/            generator_<epoch>.pt: the sampled G (the average when ema
+                                 > 0) alone at every epoch's end (what
                                  compare_generative.py scores epoch by epoch: FD by epoch)
     <run>/tb/gan/                the same in TensorBoard
     <run>/config.json            the resolved config
@@ -37,6 +47,7 @@ since the last epoch's checkpoint; their log lines are dropped on resume.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -82,7 +93,7 @@ from worldmodels.utils.torch import (
     use_bf16,
 )
 
-__all__ = ["train_gan", "gan_step", "load_gan", "sample_gan", "real_batch", "gan_snapshots",
+__all__ = ["train_gan", "gan_step", "ema_update", "load_gan", "sample_gan", "real_batch", "gan_snapshots",
            "load_generator_snapshot", "sample_generator", "KIND", "SNAPSHOT_KIND", "STAGE"]
 
 KIND = "gan"  # checkpoint kind
@@ -160,6 +171,18 @@ def gan_step(generator: nn.Module, discriminator: nn.Module,
         return torch.stack([loss_d.detach(), loss_g.detach(),
                             torch.sigmoid(real_logits.float()).mean(),
                             torch.sigmoid(fake_logits.float()).mean()])
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """One step of the weight average (Yazıcı et al. 2019): every parameter of ``average``
+    becomes ``d * average + (1 - d) * model`` with ``d = min(decay, (1 + step) / (10 +
+    step))``; buffers (BatchNorm's running statistics) are copied from ``model``."""
+    d = min(decay, (1 + step) / (10 + step))
+    for avg, p in zip(average.parameters(), model.parameters(), strict=True):
+        avg.lerp_(p.detach(), 1.0 - d)
+    for avg, b in zip(average.buffers(), model.buffers(), strict=True):
+        avg.copy_(b)
 
 
 def _batches(frames: torch.Tensor | None, dataset: FrameDataset, batch_size: int,
@@ -276,7 +299,7 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
     optimizers = _OptimizerPair(opt_g, opt_d)
     manager = CheckpointManager(run_dir / STAGE, KIND)
     checkpoint = manager.latest()
-    step, seconds, fixed_z, log_sums, log_from = 0, 0.0, None, None, 0
+    step, seconds, fixed_z, log_sums, log_from, ema_state = 0, 0.0, None, None, 0, None
     if checkpoint is not None:
         if checkpoint["model_config"] != model.hparams:
             raise ConfigError(
@@ -291,6 +314,7 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
         optimizers.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint)
         seconds, fixed_z = float(extra["seconds"]), extra["fixed_noise"]
+        ema_state = extra.get("ema_generator")
         # a checkpoint between two log steps carries the partial sums of its interval
         log_sums, log_from = extra["log_sums"], int(extra["log_from"])
     if fixed_z is None:
@@ -298,6 +322,14 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
         fixed_gen = torch.Generator().manual_seed(derive_seed(g.seed, "gan-fixed-noise"))
         fixed_z = torch.randn(NUM_FIXED_SAMPLES, g.latent_dim, generator=fixed_gen)
     fixed_z = fixed_z.to(device)
+    # the sampled G: the weight average (from G's weights at a fresh start, or when a run
+    # trained without it turns it on), else G itself
+    average = None
+    if g.ema > 0:
+        average = copy.deepcopy(model.generator).requires_grad_(False).eval()
+        if ema_state is not None:
+            average.load_state_dict(ema_state)
+    sampled = average if average is not None else model.generator
     generator, discriminator = model.generator, model.discriminator
     if g.compile:
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)
@@ -332,6 +364,8 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
             z = torch.randn(g.batch_size, g.latent_dim, generator=noise_gen, device=device)
             stats = gan_step(generator, discriminator, opt_g, opt_d, real, z, g.generator_loss,
                              g.precision)
+            if average is not None:
+                ema_update(average, model.generator, g.ema, step)
             sums += stats
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stats[:2]), step, first_bad)
             bar.update()
@@ -354,8 +388,8 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
             if step % steps_per_epoch == 0 or step == total_steps:
                 _check_losses(first_bad)
                 epoch = math.ceil(step / steps_per_epoch)
-                with torch.no_grad(), eval_mode(model.generator):
-                    samples = from_gan_range(model.generator(fixed_z))
+                with torch.no_grad(), eval_mode(sampled):
+                    samples = from_gan_range(sampled(fixed_z))
                 logger.images("samples", step, samples)
                 last = stats.tolist()
                 elapsed = time.perf_counter() - t_start
@@ -365,10 +399,11 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
                                    "bf16" if use_bf16(device, g.precision) else "fp32")
                 # G alone, kept per epoch (the last.pt below is overwritten): FD by epoch
                 save_checkpoint(manager.directory / SNAPSHOTS / f"generator_{epoch:03d}.pt",
-                                kind=SNAPSHOT_KIND, model=model.generator,
+                                kind=SNAPSHOT_KIND, model=sampled,
                                 model_config={"latent_dim": g.latent_dim,
                                               "base_channels": g.generator_channels},
-                                step=step, epoch=epoch, rng=False)
+                                step=step, epoch=epoch, rng=False,
+                                extra={"ema": g.ema if average is not None else 0.0})
                 manager.save(model=model, model_config=model.hparams, optimizer=optimizers,
                              step=step, epoch=epoch,
                              metrics={"loss_d": last[0], "loss_g": last[1], "d_real": last[2],
@@ -376,6 +411,8 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
                              extra={"seconds": seconds + elapsed, "fixed_noise": fixed_z.cpu(),
                                     "log_sums": sums.cpu(), "log_from": interval_start,
                                     "steps_per_epoch": steps_per_epoch,
+                                    "ema_generator": (None if average is None
+                                                      else average.state_dict()),
                                     "summary": summary})
     finally:
         bar.close()
@@ -384,7 +421,8 @@ def _train(cfg: Config, run_dir: Path, rollouts: RolloutDataset,
 
 
 def load_gan(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> DCGAN:
-    """The trained DCGAN of ``run_dir`` (``<run>/gan/last.pt``), in eval mode.
+    """The trained DCGAN of ``run_dir`` (``<run>/gan/last.pt``), in eval mode, its
+    generator the weight average when the run kept one (``gan.ema > 0``): what is sampled.
 
     Rebuilt from the checkpoint's ``model_config`` alone (no config file needed).
 
@@ -398,6 +436,9 @@ def load_gan(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     checkpoint = load_checkpoint(path, kind=KIND)
     model = DCGAN(**checkpoint["model_config"])
     model.load_state_dict(checkpoint["state_dict"])
+    average = (checkpoint.get("extra") or {}).get("ema_generator")
+    if average is not None:
+        model.generator.load_state_dict(average)
     return model.to(device).eval()
 
 
