@@ -184,3 +184,19 @@ def test_eval_mode_restores_training_flag():
     with eval_mode(model):
         pass
     assert not model.training
+
+
+@pytest.mark.parametrize("flags, native, expected", [
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True, "bf16"),  # AMX: measured faster
+    ({"avx512f", "avx512_bf16"}, True, "fp32"),  # native, measured no faster (V 0.75x)
+    ({"avx2", "fma"}, False, "fp32"),  # emulated
+    (set(), False, "fp32"),  # /proc/cpuinfo unreadable
+])
+def test_auto_precision_is_bf16_on_the_cpu_only_with_amx(monkeypatch, flags, native, expected):
+    import worldmodels.utils.torch as torch_utils
+
+    monkeypatch.setattr(torch_utils, "_cpu_flags", lambda: set(flags))
+    assert torch_utils.cpu_has_native_bf16() is native
+    assert torch_utils.auto_precision("cpu") == expected
+    assert torch_utils.use_bf16(torch.device("cpu"), "auto") is (expected == "bf16")
+    assert torch_utils.use_bf16(torch.device("cpu"), "bf16") is True  # forced either way

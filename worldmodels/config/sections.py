@@ -120,7 +120,7 @@ class VAEConfig:
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     compile: bool = _f(False, "torch.compile the model (fixed batch shape makes this pay off)")
     precision: str = _f("auto", "the network's arithmetic in training: 'auto' (bf16 autocast on "
-                        "CUDA with bf16 and on CPUs with native bf16, AVX512-BF16 or AMX, where "
+                        "CUDA with bf16 and on CPUs with AMX-BF16, where "
                         "it measured faster; fp32 elsewhere), 'bf16' or 'fp32'; losses stay fp32",
                         choices=("auto", "bf16", "fp32"))
     in_memory: str = _f("auto", "hold all frames in (GPU) memory: 'auto' (when they fit), "
@@ -157,7 +157,7 @@ class GANConfig:
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     compile: bool = _f(False, "torch.compile both networks")
     precision: str = _f("auto", "both networks' arithmetic in training: 'auto' (bf16 autocast on "
-                        "CUDA with bf16 and on CPUs with native bf16, AVX512-BF16 or AMX, where "
+                        "CUDA with bf16 and on CPUs with AMX-BF16, where "
                         "it measured faster; fp32 elsewhere), 'bf16' or 'fp32'; losses stay fp32",
                         choices=("auto", "bf16", "fp32"))
     in_memory: str = _f("auto", "hold all frames in (GPU) memory: 'auto', 'yes' or 'no'",
@@ -226,7 +226,7 @@ class MDNRNNConfig:
                            "compile time pays back), 'yes' or 'no'",
                            choices=("auto", "yes", "no"))
     precision: str = _f("auto", "the LSTM's arithmetic in training: 'auto' (bf16 autocast on "
-                        "CUDA with bf16 and on CPUs with native bf16, AVX512-BF16 or AMX, where "
+                        "CUDA with bf16 and on CPUs with AMX-BF16, where "
                         "it measured faster; fp32 elsewhere), 'bf16' or 'fp32'; heads and losses "
                         "stay fp32", choices=("auto", "bf16", "fp32"))
     in_memory: str = _f("auto", "hold all latents in (GPU) memory: 'auto' (when they fit), "
@@ -308,7 +308,8 @@ class ControllerConfig:
         "k than M is refused")
     precision: str = _f(
         "auto", "V's encoder in the workers: 'fp32', 'bf16' (about 4x faster on CPUs with "
-        "AVX512-BF16/AMX, slower without) or 'auto' (bf16 where the machine has native bf16)",
+        "AMX-BF16, about the same with AVX512-BF16 alone, slower without) or 'auto' (bf16 "
+        "on CUDA and with AMX-BF16, fp32 elsewhere)",
         choices=("auto", "fp32", "bf16"))
     renderer: str = _f(
         "exact", "what the population's episodes draw for V: 'exact' (CarRacing-v3's "

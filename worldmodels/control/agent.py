@@ -108,8 +108,9 @@ class WorldModelAgent:
         does not depend on the batch (see the module docstring); False: fully batched.
     :param precision: V's convolutional encoder in ``fp32`` or ``bf16`` (weights and
         activations bfloat16, channels_last, the 1024 features back in fp32 for the heads);
-        ``auto``: bf16 where the device computes it natively (CUDA, or a CPU with
-        AVX512-BF16/AMX: ~4x faster there), else fp32 (emulated bf16 is slower). bf16 changes
+        ``auto``: bf16 where it measured faster (CUDA, or a CPU with AMX-BF16: ~4x faster
+        there), else fp32 (AVX512-BF16 alone: about the same speed; emulated bf16 is
+        slower). bf16 changes
         z by bf16 rounding, so returns differ from fp32's (CarRacing is chaotic); rows stay
         batch-invariant on CPU.
     :param z: what C and M read of V: ``mu`` (the posterior mean) or ``sample`` (z = mu +

@@ -130,28 +130,45 @@ def derive_seed(seed: int, *keys: int | str, bits: int = 32) -> int:
     return value & ((1 << bits) - 1)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, read from
-    ``/proc/cpuinfo``). Without them, bf16 kernels emulate it and run slower than fp32."""
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``); empty where that cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, read from
+    ``/proc/cpuinfo``). Without them, bf16 kernels emulate it and run slower than fp32."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when this CPU has AMX's bf16 tile multiply (``amx_bf16`` in ``/proc/cpuinfo``),
+    the one CPU kind where bf16 measured faster than fp32 here."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def auto_precision(device: str | torch.device) -> str:
-    """``"bf16"`` where the device computes it natively (CUDA with bf16 support, a CPU with
-    AVX512-BF16/AMX), else ``"fp32"``: what ``precision = "auto"`` means for inference."""
+    """``"bf16"`` where it measured faster than fp32: CUDA with bf16 support, and a CPU with
+    AMX-BF16; else ``"fp32"``: what ``precision = "auto"`` means.
+
+    Measured side by side (``scripts/benchmark.py vae|gan``, 2 cores): on an Intel Xeon with
+    AMX, V's training step 1.48x and the DCGAN's 1.56x in bf16; on an Intel Xeon with
+    AVX512-BF16 but no AMX, 0.75x and 1.01x (V's encoder alone for C about 1x), so bf16 is
+    native there and still no faster. A CPU kind not measured gets fp32: bf16 is never
+    assumed to be faster.
+    """
     device = _as_device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_amx_bf16() else "fp32"
     return "fp32"
 
 
@@ -312,12 +329,13 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether V's or M's network trains under bf16 autocast (``precision`` of
     :class:`~worldmodels.config.VAEConfig` / :class:`~worldmodels.config.MDNRNNConfig`).
 
-    ``auto``: on CUDA with bf16 (as :func:`worldmodels.utils.torch.autocast`), and on a CPU
-    with native bf16 (AVX512-BF16 / AMX), where ``scripts/benchmark.py vae|mdnrnn`` measured
-    it faster than fp32 (a 2-core AMX Xeon: V's step 1.6x, M's LSTM about 2x; but when
-    other processes oversubscribe the cores, oneDNN's bf16 kernels slow down more than
-    fp32's); elsewhere CPU bf16 is emulated and slower, so fp32. ``bf16`` / ``fp32`` force it (``bf16`` on a GPU without
-    bf16 runs fp32).
+    ``auto`` (:func:`auto_precision`): on CUDA with bf16 (as
+    :func:`worldmodels.utils.torch.autocast`), and on a CPU with AMX-BF16, where
+    ``scripts/benchmark.py vae|mdnrnn`` measured it faster than fp32 (a 2-core AMX Xeon:
+    V's step 1.5x, M's LSTM about 1.5x; but when other processes oversubscribe the cores,
+    oneDNN's bf16 kernels slow down more than fp32's); elsewhere fp32 (with AVX512-BF16
+    alone V's step measured 0.75x, without native bf16 it is emulated). ``bf16`` / ``fp32``
+    force it (``bf16`` on a GPU without bf16 runs fp32).
     """
     if precision not in TRAINING_PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
