@@ -244,8 +244,9 @@ def _terminating_latents(path: Path, episodes: int = 24, seed: int = 0) -> Path:
     return write_latents(path, lengths, set(range(episodes)), mu)
 
 
-def _done_probs(run: Path) -> tuple[float, float]:
-    """Mean P(done) of the run's M at the terminal and at the other real steps."""
+def _done_probs(run: Path) -> tuple[float, float, float]:
+    """Mean P(done) of the run's M at the terminal and at the other real steps, and the share
+    of the other real steps where it fires (P > 0.5, the dream's threshold)."""
     net = load_mdnrnn(run)
     with LatentDataset(latents_path(run)) as data:
         seqs = LatentSequences(data, 24)
@@ -253,7 +254,8 @@ def _done_probs(run: Path) -> tuple[float, float]:
     with torch.no_grad():
         p = torch.sigmoid(net(batch["z"][:, :-1], batch["actions"]).done_logit)
     real, done = batch["mask"], batch["dones"].bool()
-    return float(p[real & done].mean()), float(p[real & ~done].mean())
+    other = p[real & ~done]
+    return float(p[real & done].mean()), float(other.mean()), float((other > 0.5).float().mean())
 
 
 @pytest.mark.parametrize("done_pos_weight", [1.0, 10.0])
@@ -267,11 +269,15 @@ def test_done_head_fires_at_terminations(tmp_path, done_pos_weight):
                  eval_every=400, log_every=100, lr=1e-2, done_pos_weight=done_pos_weight, val_episodes=0.0)
     s = train_mdnrnn(cfg, run, progress=False)
     assert s["train_sequences"] == 24 and s["skipped_episodes"] == 0
-    terminal, other = _done_probs(run)
+    terminal, other, false_fires = _done_probs(run)
     if done_pos_weight == 1.0:
         assert 2 * other < terminal < 0.5  # it learns where episodes end, but never fires
     else:
-        assert terminal > 0.5 > 0.1 > other, (terminal, other)
+        # The weight inflates every P(done) (the optimum is 10q / (1 + 9q)), so the mean at the
+        # other steps sits near 0.1 and moves with the CPU; what the dream needs is that it fires
+        # at the ends and almost nowhere else.
+        assert terminal > 0.5 > 0.2 > other, (terminal, other)
+        assert false_fires < 0.05, false_fires
 
 
 def test_clip_gradients_by_norm_and_by_value():
