@@ -10,6 +10,7 @@ from a synthetic latents file of code grids; populations, episodes and videos ar
 from __future__ import annotations
 
 import json
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -206,6 +207,15 @@ def test_pipeline_with_a_vq_vae_runs_end_to_end_then_skips_every_stage(tmp_path)
     assert first["summaries"]["controller"]["params"] == 3 * (256 + 256 + 1)
     assert (run / "videos" / "pipeline.mp4").stat().st_size > 0
     assert load_agent(run).discrete
+    summary = json.loads((run / "pipeline" / "summary.json").read_text())
+    assert len(summary["evaluation"]["returns"]) == 2
+    assert set(summary["baselines"]) == {"zero", "random"}
+    assert "zero C" in (run / "pipeline" / "summary.txt").read_text()
+    assert first["summaries"]["controller"]["generations"] == 2
+    assert torch.is_grad_enabled(), "the pipeline switched autograd off for its caller"
+    t0 = time.perf_counter()
     second = run_pipeline(cfg(), run, progress=False, episodes=2, max_steps=100)
+    assert time.perf_counter() - t0 < 15
     assert all(r["status"] == "skipped" for r in second["rows"]), second["rows"]
+    assert second["baselines"] == first["baselines"]
     assert second["evaluation"] == first["evaluation"]
