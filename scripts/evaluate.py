@@ -10,7 +10,10 @@ pretrained/carracing (here, else in the repository root). Episodes run in
 worldmodels/FastCarRacing-v3, which is bit-identical to gymnasium's CarRacing-v3 (same
 observations, rewards and 1,000-step limit) with a faster renderer, so the returns are
 CarRacing-v3 returns. No early termination. With --json the last line of stdout is one JSON
-object with mean, std (population std), min, max and returns (in seed order).
+object with mean, std (population std), min, max and returns (in seed order), and per
+episode its frames, tiles visited, the track's tiles and whether the lap was completed; the
+line before it says how many laps were completed, and how far the others got (a return above
+900 needs a completed lap: 1000 * visited / N - 0.1 * frames).
 
 Evaluation tracks are 0 .. 999,999,999; training (collection, CMA-ES fitness and held-out
 selection) uses the tracks above (worldmodels/seeds.py). Tracks inside the training range or
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
 
-    from worldmodels.stages.evaluate import evaluate
+    from worldmodels.stages.evaluate import evaluate, lap_summary
 
     r = evaluate(run, e.episodes, e.seed, workers=e.workers, backend=e.backend,
                  address=e.address, device=e.device, max_steps=e.max_steps,
@@ -52,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"return {r['mean']:.1f} ± {r['std']:.1f} (min {r['min']:.1f}, max {r['max']:.1f}); "
           f"{r['steps']} steps at {r['env_steps_per_s']:.0f} steps/s on {r['workers']} "
           f"worker(s)")
+    print(lap_summary(r))
     if args.json:
         print(json.dumps({k: r[k] for k in ("mean", "std", "min", "max", "returns", "seeds",
-                                            "episodes", "max_steps", "checkpoint", "env")}))
+                                            "episodes", "max_steps", "checkpoint", "env",
+                                            "frames", "tiles", "track_tiles", "laps")}))
     return 0
 
 

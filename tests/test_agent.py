@@ -243,3 +243,29 @@ def test_early_termination_never_cuts_a_car_that_keeps_finding_tiles(agent, envs
     full = run_episodes(agent, spec, params, max_steps=60, envs=envs)[0]
     early = run_episodes(agent, spec, params, max_steps=60, early_stop_steps=40, envs=envs)[0]
     assert full == early and full.tiles > 1
+
+
+def test_results_say_how_far_the_car_got_and_whether_the_lap_was_completed(agent, envs):
+    """``tiles`` / ``track_tiles`` are the env's own counts, and a return without a completed
+    lap is CarRacing's reward sum ``1000 * tiles / N - 0.1 * frames`` (its definition, an
+    independent reference). A lap that counts as complete at the start line
+    (``lap_complete_percent = 0``: the first touch of tile 0) ends the episode with
+    ``lap_completed``; early termination and running out of frames never set it."""
+    params = np.zeros((1, agent.make_controller().num_parameters))  # straight, half gas
+    spec = [EpisodeSpec(0, 0, 12)]
+    (full,) = run_episodes(agent, spec, params, max_steps=80, envs=envs)
+    assert not full.lap_completed and not full.stopped_early and full.steps == 80
+    assert 1 < full.tiles < full.track_tiles == len(envs.take(1)[0].unwrapped.track)
+    assert full.episode_return == pytest.approx(
+        1000.0 * full.tiles / full.track_tiles - 0.1 * full.steps, abs=1e-6)
+    stuck = params.copy()
+    stuck[0, -2], stuck[0, -1] = -20.0, 20.0  # gas 0, full brake
+    (early,) = run_episodes(agent, spec, stuck, max_steps=120, early_stop_steps=30, envs=envs)
+    assert early.stopped_early and not early.lap_completed
+    env = envs.take(1)[0].unwrapped
+    try:
+        env.lap_complete_percent = 0.0
+        (lap,) = run_episodes(agent, spec, params, max_steps=80, envs=envs)
+    finally:
+        env.lap_complete_percent = 0.95
+    assert lap.lap_completed and lap.steps < 80 and lap.tiles >= 1

@@ -49,6 +49,14 @@ def test_evaluate_script_json_is_the_returns_of_tracks_s_to_s_plus_n(trained):
     alone = run_episodes(agent, [EpisodeSpec(k, -1, s) for k, s in enumerate([7, 8, 9])],
                          max_steps=40, batch_size=1)
     assert [x.episode_return for x in alone] == result["returns"]
+    # where the points went: the env's counts, and the lap line that says so
+    assert result["frames"] == [x.steps for x in alone] == [40, 40, 40]
+    assert result["tiles"] == [x.tiles for x in alone]
+    assert result["track_tiles"] == [x.track_tiles for x in alone]
+    assert all(t > 100 for t in result["track_tiles"]) and result["laps"] == [False] * 3
+    frac = np.median(np.array(result["tiles"]) / np.array(result["track_tiles"]))
+    assert (f"laps completed 0/3; the other 3: median {100 * frac:.1f}% of the track's tiles "
+            f"in a median 40 frames, return {returns.mean():.1f}") in r.stdout
 
 
 def test_evaluate_is_the_same_with_two_workers(trained):

@@ -151,8 +151,8 @@ def test_worker_bundle_rebuilds_the_vq_agent(run, agent, envs):
                                                       for s in specs],
                           "max_steps": 40, "early_stop_steps": 0})
         expected = run_episodes(agent, specs, params, max_steps=40, envs=envs)
-        assert got == [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early)
-                       for r in expected]
+        assert got == [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early,
+                        r.track_tiles, r.lap_completed) for r in expected]
     finally:
         worker.close()
 

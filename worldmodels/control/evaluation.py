@@ -92,6 +92,12 @@ class EpisodeResult:
     :ivar steps: CarRacing frames taken (50 Hz physics steps, whatever the action repeat).
     :ivar tiles: track tiles visited.
     :ivar stopped_early: ended by early termination.
+    :ivar track_tiles: tiles on the track (0: not recorded).
+    :ivar lap_completed: the episode ended because the lap was complete (every tile, or the
+        start line crossed with ``lap_complete_percent`` of them), not by running out of
+        frames, leaving the playfield or early termination. A CarRacing-v3 return is at most
+        900 without it (``1000 * tiles / N - 0.1 * 1000``), and ``1000 - 0.1 * frames`` with
+        every tile.
     """
 
     key: int
@@ -99,6 +105,8 @@ class EpisodeResult:
     steps: int
     tiles: int
     stopped_early: bool
+    track_tiles: int = 0
+    lap_completed: bool = False
 
 
 def make_env() -> Any:
@@ -284,8 +292,11 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
             if early:
                 returns[i] += TIME_PENALTY * (max_steps - frames[i])
             if done or early:
-                tiles = int(envs[i].unwrapped.tile_visited_count)
-                results[i] = EpisodeResult(specs[i].key, returns[i], frames[i], tiles, early)
+                u = envs[i].unwrapped
+                tiles, n_tiles = int(u.tile_visited_count), len(u.track)
+                lap = bool(terminated and (tiles == n_tiles or getattr(u, "new_lap", False)))
+                results[i] = EpisodeResult(specs[i].key, returns[i], frames[i], tiles, early,
+                                           n_tiles, lap)
             else:
                 still.append(i)
         active = still
@@ -370,7 +381,8 @@ class WorkerState:
                                action_repeat=self.action_repeat,
                                renderer=task.get("renderer", "exact"), envs=self.envs,
                                on_step=on_step)
-        return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early) for r in results]
+        return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early, r.track_tiles,
+                 r.lap_completed) for r in results]
 
     def close(self) -> None:
         self.envs.close()

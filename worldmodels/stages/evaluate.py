@@ -47,7 +47,9 @@ def evaluate(
         CarRacing-v3 scores.
     :return: ``mean``, ``std`` (population std of the returns), ``min``, ``max``,
         ``returns`` (in seed order), ``seeds``, ``steps``, ``env_steps_per_s``, ``seconds``,
-        ``checkpoint``, ``generation``, ``env``.
+        ``checkpoint``, ``generation``, ``env``; and where the points went, per episode in
+        seed order: ``frames``, ``tiles`` (visited), ``track_tiles`` and ``laps`` (the lap
+        completed: a return above 900 needs it), with ``laps_completed`` their count.
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
@@ -101,4 +103,30 @@ def evaluate(
         "generation": int(ckpt["step"]),
         "env": ENV_NOTE,
         "workers": runner.num_workers,
+        "frames": [int(r.steps) for r in results],
+        "tiles": [int(r.tiles) for r in results],
+        "track_tiles": [int(r.track_tiles) for r in results],
+        "laps": [bool(r.lap_completed) for r in results],
+        "laps_completed": int(sum(r.lap_completed for r in results)),
     }
+
+
+def lap_summary(r: dict[str, Any]) -> str:
+    """One line on where an :func:`evaluate` result's points went: how many laps were
+    completed and in how many frames, and how far the others got. A CarRacing-v3 return is
+    ``1000 * visited / N - 0.1 * frames``, so an episode that runs out of its 1000 frames
+    scores at most 900, and one that completes the lap ``1000 - 0.1 * frames``."""
+    laps = np.array(r["laps"], dtype=bool)
+    frames = np.array(r["frames"], dtype=np.float64)
+    frac = np.array(r["tiles"], dtype=np.float64) / np.maximum(r["track_tiles"], 1)
+    ret = np.array(r["returns"], dtype=np.float64)
+    n = len(laps)
+    parts = [f"laps completed {laps.sum()}/{n}"]
+    if laps.any():
+        parts[0] += (f" (mean {frames[laps].mean():.0f} frames, return "
+                     f"{ret[laps].mean():.1f})")
+    if (~laps).any():
+        parts.append(f"the other {(~laps).sum()}: median {100 * np.median(frac[~laps]):.1f}% "
+                     f"of the track's tiles in a median {np.median(frames[~laps]):.0f} frames, "
+                     f"return {ret[~laps].mean():.1f}")
+    return "; ".join(parts)
