@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import numpy as np
@@ -294,7 +294,7 @@ def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: lis
             if done or early:
                 u = envs[i].unwrapped
                 tiles, n_tiles = int(u.tile_visited_count), len(u.track)
-                lap = bool(terminated and (tiles == n_tiles or getattr(u, "new_lap", False)))
+                lap = bool(terminated and (tiles == n_tiles or u.new_lap))  # CarRacing's own test
                 results[i] = EpisodeResult(specs[i].key, returns[i], frames[i], tiles, early,
                                            n_tiles, lap)
             else:
@@ -381,8 +381,7 @@ class WorkerState:
                                action_repeat=self.action_repeat,
                                renderer=task.get("renderer", "exact"), envs=self.envs,
                                on_step=on_step)
-        return [(r.key, r.episode_return, r.steps, r.tiles, r.stopped_early, r.track_tiles,
-                 r.lap_completed) for r in results]
+        return [astuple(r) for r in results]  # EpisodeResult(*t) rebuilds it
 
     def close(self) -> None:
         self.envs.close()
