@@ -316,3 +316,46 @@ def test_ray_backend_on_a_local_cluster_gives_the_local_fitness(bundle, referenc
     finally:
         ray.shutdown()
     assert results == reference
+
+
+@pytest.mark.slow  # end to end: several trainings; runs in CI
+def test_approximate_frames_get_a_latent_shift_fitted_once(tmp_path, world, monkeypatch):
+    """renderer=approx: the shift is fitted at the start (4 training tracks), kept in the
+    checkpoint and read back on resume; it changes the population's fitness, not the
+    held-out score (exact frames); latent_shift=none on a shifted run is refused, and on
+    exact frames the setting is moot."""
+    import worldmodels.stages.train_controller as tc
+
+    run = new_run(tmp_path, world, "shift")
+    out = train_controller(config(generations=1, eval_every=1, renderer="approx"), run,
+                           progress=False)
+    info = out["latent_shift"]
+    assert len(info["shift"]) == 32 and info["frames"] == tc.SHIFT_TRACKS * TINY["max_steps"]
+    assert info["seeds"] == tc.shift_seeds(TINY["seed"]) and info["renderer"] == "approx"
+    assert load_checkpoint(run / "controller" / "last.pt")["extra"]["latent_shift"] == info
+
+    monkeypatch.setattr(tc, "fit_latent_shift", lambda *a, **k: pytest.fail("fitted again"))
+    again = train_controller(config(generations=2, eval_every=1, renderer="approx"), run,
+                             progress=False)
+    assert again["generations"] == 2 and again["latent_shift"] == info
+
+    plain = train_controller(config(generations=1, eval_every=1, renderer="approx",
+                                    latent_shift="none"), new_run(tmp_path, world, "plain"),
+                             progress=False)
+    assert plain["latent_shift"] is None
+    # a random V's shift is ~1e-4, too small to move 40 frames: a large one reaches the
+    # workers' episodes, and only the population's
+    monkeypatch.setattr(tc, "fit_latent_shift", lambda *a, **k: {**info, "shift": [0.5] * 32})
+    big = train_controller(config(generations=1, eval_every=1, renderer="approx"),
+                           new_run(tmp_path, world, "big"), progress=False)
+    assert big["history"][0]["eval"] == plain["history"][0]["eval"]  # exact frames: the same
+    assert big["history"][1]["mean"] != plain["history"][1]["mean"]  # shifted z: other returns
+    with pytest.raises(ConfigError, match="latent_shift='fit' but the config asks for "
+                                          "latent_shift='none'"):
+        train_controller(config(generations=3, renderer="approx", latent_shift="none"), run,
+                         progress=False)
+
+    exact = new_run(tmp_path, world, "exact")
+    train_controller(config(generations=1, eval_every=0), exact, progress=False)
+    assert train_controller(config(generations=2, eval_every=0, latent_shift="none"), exact,
+                            progress=False)["generations"] == 2

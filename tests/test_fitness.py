@@ -320,3 +320,83 @@ def test_world_action_repeat_is_read_from_the_runs_data(tmp_path):
     with h5py.File(run / "rollouts.h5", "w") as f:
         f.attrs["config"] = json.dumps({"action_repeat": 3})
     assert world_action_repeat(run) == 3
+
+
+# ------------------------------------------------------------ the approximate frames' latent shift
+
+
+def test_latent_shift_is_the_mean_gap_between_the_two_frames_z(world):
+    """fit_latent_shift: the mean of mu(exact frame) - mu(approximate frame) over the states
+    past the zoom, against V's own batched encode of both frames along the same drive (a
+    controller that ignores z and h: the same actions whatever V gives)."""
+    import torch
+
+    from worldmodels.control.calibration import fit_latent_shift
+    from worldmodels.control.controller import Controller, map_action
+
+    vae, mdnrnn, _ = load_world_model(world)
+    c = Controller(latent_dim=32, hidden_dim=HIDDEN)
+    bias = torch.tensor([0.3, 0.4, -2.0])
+    with torch.no_grad():
+        c.net.weight.zero_()
+        c.net.bias.copy_(bias)
+    fit = fit_latent_shift(vae, mdnrnn, c, [7, 8], max_steps=120)
+
+    action = map_action(bias).numpy()
+    renderer = ApproxFrameRenderer(0.384)
+    exact, approx = [], []
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    for seed in (7, 8):
+        obs, _ = env.reset(seed=seed)
+        for t in range(120):
+            if t >= ZOOM_FRAMES:
+                exact.append(preprocess_frame(obs))
+                approx.append(renderer.frame(env.unwrapped))
+            obs, *_ = env.step(action)
+    env.close()
+
+    def mu(frames):
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            return vae.encode(x)[0]
+
+    gap = (mu(exact) - mu(approx)).mean(0)
+    assert fit["frames"] == len(exact) == 2 * (120 - ZOOM_FRAMES)
+    assert fit["seeds"] == [7, 8] and fit["renderer"] == "approx"
+    assert np.abs(gap.numpy()).max() > 5e-5  # the frames do differ in z (a random V: a little)
+    np.testing.assert_allclose(fit["shift"], gap.numpy(), rtol=1e-3, atol=1e-6)
+    assert fit["action_gap"] == fit["action_gap_shifted"] == [0.0, 0.0, 0.0]  # C ignores z
+    with pytest.raises(ConfigError, match="approximate renderer"):
+        fit_latent_shift(vae, mdnrnn, c, [7], renderer="exact")
+
+
+def test_the_shift_moves_z_on_approximate_frames_only(agent):
+    """run_episodes(latent_shift=s): C and M read mu + s of the approximate frames; exact
+    episodes ignore it, a zero shift changes nothing, and the agent is left unshifted."""
+    p = params(2, seed=11)
+    specs = [EpisodeSpec(0, 0, 21), EpisodeSpec(1, 1, 22)]
+
+    def returns(**kw):
+        return [r.episode_return for r in run_episodes(agent, specs, p, max_steps=90, **kw)]
+
+    big = np.full(32, 0.5, dtype=np.float32)
+    assert returns(latent_shift=big) == returns()  # exact frames: no shift
+    plain = returns(renderer="approx")
+    assert returns(renderer="approx", latent_shift=np.zeros(32)) == plain
+    assert returns(renderer="approx", latent_shift=big) != plain
+    assert agent.latent_shift is None
+    with pytest.raises(ConfigError, match="32 finite numbers"):
+        returns(renderer="approx", latent_shift=np.zeros(5))
+
+    import torch
+    frame = ApproxFrameRenderer(0.384).frame  # z itself: mu + s
+    env = gym.make(envs.FAST_ENV_ID, disable_env_checker=True)
+    env.reset(seed=3)
+    x = frame(env.unwrapped)[None]
+    env.close()
+    z0 = agent.encode(x)
+    agent.latent_shift = torch.as_tensor(big)
+    try:
+        np.testing.assert_allclose((agent.encode(x) - z0).numpy(), big[None], atol=1e-6)
+    finally:
+        agent.latent_shift = None

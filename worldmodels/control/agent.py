@@ -159,6 +159,11 @@ class WorldModelAgent:
             controller if controller is not None
             else Controller(latent_dim=vae.latent_dim, hidden_dim=mdnrnn.hidden_dim))
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: (D,) added to V's ``mu`` before C and M read it (a VAE's): the approximate
+        #: renderer's correction (:mod:`~worldmodels.control.calibration`), set by
+        #: :func:`~worldmodels.control.evaluation.run_episodes` while it draws approximate
+        #: frames; None: z as V gives it
+        self.latent_shift: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------ properties
 
@@ -258,14 +263,19 @@ class WorldModelAgent:
         # (B, 1024): convolutions, row-invariant (oneDNN)
         features = self._encoder(x).float()
         sample = self.z_mode == "sample"
+        shift = self.latent_shift
         if not self.batch_invariant:
             mu = self.vae.fc_mu(features)
+            if shift is not None:
+                mu = mu + shift
             if not sample:
                 return mu, mu
             sigma = self.vae.fc_logvar(features).mul(0.5).exp()
         else:
             w, b = self.vae.fc_mu.weight, self.vae.fc_mu.bias
             mu = torch.stack([F.linear(f, w, b) for f in features])  # one (1024,) row at a time
+            if shift is not None:
+                mu = mu + shift
             if not sample:
                 return mu, mu
             w, b = self.vae.fc_logvar.weight, self.vae.fc_logvar.bias

@@ -159,6 +159,7 @@ def run_episodes(
     early_stop: str = "tiles",
     action_repeat: int = 1,
     renderer: str = "exact",
+    latent_shift: Sequence[float] | None = None,
     batch_size: int = 0,
     envs: EnvCache | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -182,6 +183,9 @@ def run_episodes(
         :class:`~worldmodels.envs.car_racing.ApproxFrameRenderer`: ~3x cheaper, an
         approximation; training only) or ``coarse`` (the same drawn at half that scale,
         192 x 134: a coarser approximation; training only).
+    :param latent_shift: with an approximate renderer, (D,) added to V's ``mu`` of its
+        frames (:func:`~worldmodels.control.calibration.fit_latent_shift`: the mean
+        difference to the exact frames' z); ignored with ``exact``.
     :param envs: environments to reuse (default: made and closed here).
     :param on_step: called after each lockstep decision with the number of decisions of the
         group so far (the workers' heartbeat).
@@ -194,6 +198,11 @@ def run_episodes(
         raise ConfigError(f"action_repeat must be >= 1, got {action_repeat}")
     if renderer not in RENDERERS:
         raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
+    shift = None
+    if latent_shift is not None and renderer in RENDER_SCALES:
+        from worldmodels.control.calibration import as_shift
+
+        shift = torch.as_tensor(as_shift(latent_shift, agent.latent_dim), device=agent.device)
     own = envs is None
     pool = envs if envs is not None else EnvCache()
     cache: dict[int, Controller] = {}
@@ -210,6 +219,7 @@ def run_episodes(
     results: list[EpisodeResult] = []
     size = batch_size if batch_size > 0 else max(len(specs), 1)
     rule = _EarlyStop(early_stop, early_stop_steps)
+    before, agent.latent_shift = agent.latent_shift, shift
     try:
         for start in range(0, len(specs), size):
             group = list(specs[start:start + size])
@@ -217,6 +227,7 @@ def run_episodes(
                                  pool.take(len(group)), max_steps, rule, action_repeat,
                                  renderer, on_step)
     finally:
+        agent.latent_shift = before
         if own:
             pool.close()
     return results
@@ -370,7 +381,7 @@ class WorkerState:
     def run(self, task: dict[str, Any], on_step: Callable[[int], None] | None = None
             ) -> list[tuple]:
         """Run one task: ``{"params": (k, N), "specs": [(key, candidate, seed)], "max_steps",
-        "early_stop_steps", "early_stop", "renderer"}`` in one lockstep group; results as plain tuples.
+        "early_stop_steps", "early_stop", "renderer", "latent_shift"}`` in one lockstep group; results as plain tuples.
         ``on_step`` is called after every lockstep decision (the heartbeat)."""
         specs = [EpisodeSpec(*s) for s in task["specs"]]
         results = run_episodes(self.agent, specs, task["params"],
@@ -379,7 +390,8 @@ class WorkerState:
                                early_stop_steps=task["early_stop_steps"],
                                early_stop=task.get("early_stop", "tiles"),
                                action_repeat=self.action_repeat,
-                               renderer=task.get("renderer", "exact"), envs=self.envs,
+                               renderer=task.get("renderer", "exact"),
+                               latent_shift=task.get("latent_shift"), envs=self.envs,
                                on_step=on_step)
         return [astuple(r) for r in results]  # EpisodeResult(*t) rebuilds it
 

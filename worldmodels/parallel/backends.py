@@ -204,10 +204,13 @@ class EvaluationBackend:
 
     def run(self, params: np.ndarray, specs: Sequence[EpisodeSpec], *, max_steps: int = 1000,
             early_stop_steps: int = 0, early_stop: str = "tiles", renderer: str = "exact",
+            latent_shift: Sequence[float] | None = None,
             progress: bool | None = False, desc: str = "episodes") -> list[EpisodeResult]:
         """Run every episode of ``specs``; one result per spec, in order.
 
         :param params: (K, N) float64 flat controller parameters; ``spec.candidate`` is a row.
+        :param latent_shift: the approximate renderer's correction of V's z
+            (:func:`~worldmodels.control.evaluation.run_episodes`).
         :raises WorldModelsError: a task failed :data:`MAX_ATTEMPTS` times, or raised.
         """
         import numpy as np
@@ -226,6 +229,7 @@ class EvaluationBackend:
                 "specs": [(s.key, remap.get(s.candidate, -1), s.seed) for s in chunk],
                 "max_steps": int(max_steps), "early_stop_steps": int(early_stop_steps),
                 "early_stop": str(early_stop), "renderer": str(renderer),
+                "latent_shift": None if latent_shift is None else [float(x) for x in latent_shift],
             })
         done: dict[int, EpisodeResult] = {}
         bar = progress_bar(progress, total=len(specs), desc=desc, unit="ep")

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -71,6 +72,7 @@ from worldmodels.config import (
     ControllerConfig,
     save_stage_config,
 )
+from worldmodels.control.calibration import fit_latent_shift
 from worldmodels.control.controller import Controller
 from worldmodels.control.es_state import strategy_from_state, strategy_state
 from worldmodels.control.evaluation import ENV_NOTE, EpisodeSpec, worker_bundle
@@ -101,9 +103,11 @@ __all__ = [
 # Settings that change the search trajectory: they must not change within a run.
 TRAJECTORY_KEYS = ("population", "trials", "sigma0", "seed", "hidden_layer", "use_hidden_state",
                    "max_steps", "early_stop_steps", "early_stop", "batch_invariant", "env",
-                   "temperature", "init", "z", "renderer")
+                   "temperature", "init", "z", "renderer", "latent_shift")
 # What a checkpoint made before a setting existed was trained with.
-_OLD_DEFAULTS = {"early_stop": "tiles", "z": "mu", "renderer": "exact"}
+_OLD_DEFAULTS = {"early_stop": "tiles", "z": "mu", "renderer": "exact", "latent_shift": "none"}
+#: training tracks the approximate renderer's latent shift is fitted on
+SHIFT_TRACKS = 4
 
 
 # ----------------------------------------------------------------------------- CMA-ES
@@ -186,6 +190,19 @@ def dream_generation_seed(seed: int, generation: int) -> int:
     return derive_seed(seed, "dream-tracks", generation)
 
 
+def shift_seeds(seed: int, tracks: int = SHIFT_TRACKS) -> list[int]:
+    """The training tracks the run's latent shift is fitted on (``latent_shift="fit"``)."""
+    return [training_track(derive_seed(seed, "latent-shift", j)) for j in range(tracks)]
+
+
+def uses_shift(k: ControllerConfig | dict[str, Any]) -> bool:
+    """Whether the population's frames get the latent shift: real env, approximate frames
+    (``k`` a config, or a checkpoint's recorded settings)."""
+    get = k.get if isinstance(k, dict) else (lambda name, default: getattr(k, name))
+    return (get("env", "real") == "real" and get("renderer", "exact") != "exact"
+            and get("latent_shift", "none") == "fit")
+
+
 def heldout_seeds(seed: int, episodes: int) -> list[int]:
     """The run's fixed held-out tracks, which select ``best.pt``: derived from the run seed
     (so they almost surely differ from the fitness tracks) and in the training range, so never
@@ -212,6 +229,8 @@ def _check_compatible(checkpoint: dict[str, Any], k: ControllerConfig,
         trained = {"env": "real", **_OLD_DEFAULTS, **trained}
         if trained["env"] != "dream" or k.env != "dream":  # tau only matters in the dream
             trained.pop("temperature", None)
+        if not uses_shift(k) and not uses_shift(trained):
+            trained.pop("latent_shift", None)  # only approximate frames are shifted
     diff = [(name, trained[name], getattr(k, name)) for name in TRAJECTORY_KEYS
             if name in trained and trained[name] != getattr(k, name)]
     if diff:
@@ -296,6 +315,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         _check_compatible(checkpoint, k, world, stage_dir)
         extra = checkpoint["extra"]
         es = strategy_from_tensor(extra["es"])
+        shift_info = extra.get("latent_shift")
         agent_settings = extra.get("agent") or {"precision": "fp32"}  # fp32 before it existed
         generation, history = int(checkpoint["step"]), list(extra.get("history", []))
         wall_before = float(extra.get("wall_seconds", 0.0))
@@ -304,6 +324,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     else:
         es = new_strategy(num_params, k, initial_mean(k.init, controller) if k.init else None)
         agent_settings = {}
+        shift_info = None
     # V's precision: 'auto' means the machine's choice when a run starts, then the run's.
     precision = k.precision
     if precision == "auto":
@@ -328,10 +349,29 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             "env_steps_per_s": float(np.mean(steps_per_s)) if steps_per_s else None,
             "wall_seconds": wall_before + time.perf_counter() - t_start,
             "worker_restarts": restarts, "checkpoint": str(path), "env": env_note,
+            "latent_shift": shift_info,
         }
 
     if generation >= k.generations:
         return summary([], [], 0)  # finished earlier: nothing to do
+
+    if uses_shift(k) and shift_info is None:
+        # Fitted once, at the start point, and kept in the checkpoints: a resumed run scores
+        # its candidates on the same frames.
+        if progress is not False:
+            print(f"fitting the {k.renderer} renderer's latent shift on {SHIFT_TRACKS} training "
+                  f"tracks (exact episodes of the start point) ...", file=sys.stderr, flush=True)
+        controller.set_flat(np.asarray(es.mean, dtype=np.float64))
+        shift_info = fit_latent_shift(vae, mdnrnn, controller, shift_seeds(k.seed),
+                                      renderer=k.renderer, precision=precision,
+                                      max_steps=k.max_steps, device=k.device)
+        real_frames[0] += shift_info["frames"]
+        if progress is not False:
+            gap, after = shift_info["action_gap"][1], shift_info["action_gap_shifted"][1]
+            print(f"latent shift: {shift_info['frames']} frames, C's gas on approximate minus "
+                  f"exact frames {gap:+.4f} -> {after:+.4f} with the shift", file=sys.stderr,
+                  flush=True)
+    latent_shift = shift_info["shift"] if uses_shift(k) and shift_info else None
 
     bundle = worker_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
                          batch_invariant=k.batch_invariant, action_repeat=repeat,
@@ -390,7 +430,8 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                          for j in range(T)]
                 results = backend.run(solutions, specs, max_steps=k.max_steps,
                                       early_stop_steps=k.early_stop_steps,
-                                      early_stop=k.early_stop, renderer=k.renderer)
+                                      early_stop=k.early_stop, renderer=k.renderer,
+                                      latent_shift=latent_shift)
                 returns = np.array([r.episode_return for r in results]).reshape(P, T)
                 steps = sum(r.steps for r in results)
                 real_frames[0] += steps
@@ -445,7 +486,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
                              "es": strategy_to_tensor(es), "train": dataclasses.asdict(k),
                              "agent": agent_settings, "env_frames": real_frames[0],
                              "vae_model": vae_model, "world_model": world,
-                             "history": history,
+                             "history": history, "latent_shift": shift_info,
                              "wall_seconds": wall_before + time.perf_counter() - t_start})
             logger.flush()
             seconds.append(time.perf_counter() - t0)
