@@ -322,7 +322,8 @@ class ControllerConfig:
         "fit", "with an approximate renderer: 'fit' shifts V's z of its frames by the mean "
         "difference to the exact frames' z, fitted once at the start on 4 training tracks "
         "(both frames of each state; C otherwise drives ~7% faster on approximate frames "
-        "than on the exact ones it is scored on); 'none': no shift",
+        "than on the exact ones it is scored on; a VAE's z only, a VQ-VAE's codes are not "
+        "shifted); 'none': no shift",
         choices=("fit", "none"))
     z: str = _f(
         "mu", "what C and M read of V: 'mu' (the posterior mean) or 'sample' (mu + sigma * "

@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from worldmodels.control.agent import WorldModelAgent
 from worldmodels.control.controller import Controller
+from worldmodels.control.evaluation import RENDER_SCALES, ZOOM_FRAMES, make_env
 from worldmodels.errors import ConfigError
 
 __all__ = ["fit_latent_shift"]
@@ -61,7 +61,6 @@ def fit_latent_shift(
         with it (in-sample: a check that the shift acts where it should, not a test).
     :raises ConfigError: an unknown renderer, no seeds, or a discrete (VQ-VAE) V.
     """
-    from worldmodels.control.evaluation import RENDER_SCALES, ZOOM_FRAMES, make_env
     from worldmodels.envs.car_racing import ApproxFrameRenderer
     from worldmodels.envs.preprocess import preprocess_frame
     from worldmodels.generative import VQVAE
@@ -114,12 +113,3 @@ def fit_latent_shift(
         "action_gap": [float(x) for x in (act(za) - exact_actions).mean(0).cpu()],
         "action_gap_shifted": [float(x) for x in (act(za + shift) - exact_actions).mean(0).cpu()],
     }
-
-
-def as_shift(value: Any, latent_dim: int) -> np.ndarray:
-    """A stored shift (a list of floats) checked against V's latent size, as float32."""
-    shift = np.asarray(value, dtype=np.float32)
-    if shift.shape != (latent_dim,) or not np.isfinite(shift).all():
-        raise ConfigError(f"a latent shift must be {latent_dim} finite numbers (V's z), got "
-                          f"shape {shift.shape}")
-    return shift

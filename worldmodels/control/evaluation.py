@@ -200,8 +200,6 @@ def run_episodes(
         raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     shift = None
     if latent_shift is not None and renderer in RENDER_SCALES:
-        from worldmodels.control.calibration import as_shift
-
         shift = torch.as_tensor(as_shift(latent_shift, agent.latent_dim), device=agent.device)
     own = envs is None
     pool = envs if envs is not None else EnvCache()
@@ -256,6 +254,15 @@ class _EarlyStop:
         elif frame > ZOOM_FRAMES:
             self.count[i] = self.count[i] + 1 if reward < 0 else 0
         return self.limit > 0 and self.count[i] >= self.limit
+
+
+def as_shift(value: Any, latent_dim: int) -> np.ndarray:
+    """A stored shift (a list of floats) checked against V's latent size, as float32."""
+    shift = np.asarray(value, dtype=np.float32)
+    if shift.shape != (latent_dim,) or not np.isfinite(shift).all():
+        raise ConfigError(f"a latent shift must be {latent_dim} finite numbers (V's z), got "
+                          f"shape {shift.shape}")
+    return shift
 
 
 def _lockstep(agent: WorldModelAgent, specs: list[EpisodeSpec], controllers: list[Controller],

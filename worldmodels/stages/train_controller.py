@@ -355,7 +355,8 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
     if generation >= k.generations:
         return summary([], [], 0)  # finished earlier: nothing to do
 
-    if uses_shift(k) and shift_info is None:
+    shifted = uses_shift(k) and vae_model != "vqvae"  # a VQ-VAE's codes are not shifted
+    if shifted and shift_info is None:
         # Fitted once, at the start point, and kept in the checkpoints: a resumed run scores
         # its candidates on the same frames.
         if progress is not False:
@@ -371,7 +372,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
             print(f"latent shift: {shift_info['frames']} frames, C's gas on approximate minus "
                   f"exact frames {gap:+.4f} -> {after:+.4f} with the shift", file=sys.stderr,
                   flush=True)
-    latent_shift = shift_info["shift"] if uses_shift(k) and shift_info else None
+    latent_shift = shift_info["shift"] if shifted and shift_info else None
 
     bundle = worker_bundle(vae, mdnrnn, controller_kwargs=controller_kwargs, device=k.device,
                          batch_invariant=k.batch_invariant, action_repeat=repeat,
