@@ -362,6 +362,7 @@ def test_latent_shift_is_the_mean_gap_between_the_two_frames_z(world):
 
     gap = (mu(exact) - mu(approx)).mean(0)
     assert fit["frames"] == len(exact) == 2 * (120 - ZOOM_FRAMES)
+    assert fit["env_steps"] == 2 * 120  # the zoom's frames are stepped, not averaged
     assert fit["seeds"] == [7, 8] and fit["renderer"] == "approx"
     assert np.abs(gap.numpy()).max() > 5e-5  # the frames do differ in z (a random V: a little)
     np.testing.assert_allclose(fit["shift"], gap.numpy(), rtol=1e-3, atol=1e-6)

@@ -56,7 +56,7 @@ def fit_latent_shift(
     :param renderer: ``approx`` or ``coarse`` (the frames being corrected).
     :param precision: V's encoder precision, as the agent that will use the shift runs it.
     :return: ``shift`` (list of D floats), ``renderer``, ``scale``, ``frames`` (the frames
-        averaged), ``seeds``, and C's mean action gap on those frames (approximate minus exact,
+        averaged), ``env_steps`` (the frames the fit stepped, the zoom's included), ``seeds``, and C's mean action gap on those frames (approximate minus exact,
         per action dimension) ``action_gap`` without the shift and ``action_gap_shifted``
         with it (in-sample: a check that the shift acts where it should, not a test).
     :raises ConfigError: an unknown renderer, no seeds, or a discrete (VQ-VAE) V.
@@ -78,6 +78,7 @@ def fit_latent_shift(
     z_approx: list[torch.Tensor] = []
     hidden: list[torch.Tensor] = []
     start = ZOOM_FRAMES if max_steps > 2 * ZOOM_FRAMES else 0
+    steps = 0
     env = make_env()
     try:
         for seed in seeds:
@@ -91,6 +92,7 @@ def fit_latent_shift(
                     hidden.append(agent.state[0][0].clone())
                 action = agent.act(exact)[0]
                 obs, _, terminated, truncated, _ = env.step(action)
+                steps += 1
                 if terminated or truncated:
                     break
     finally:
@@ -109,6 +111,7 @@ def fit_latent_shift(
         "renderer": renderer,
         "scale": RENDER_SCALES[renderer],
         "frames": len(ze),
+        "env_steps": steps,
         "seeds": [int(s) for s in seeds],
         "action_gap": [float(x) for x in (act(za) - exact_actions).mean(0).cpu()],
         "action_gap_shifted": [float(x) for x in (act(za + shift) - exact_actions).mean(0).cpu()],

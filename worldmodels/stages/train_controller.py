@@ -366,7 +366,7 @@ def train_controller(cfg: Config, run_dir: str | Path, *, progress: bool | None 
         shift_info = fit_latent_shift(vae, mdnrnn, controller, shift_seeds(k.seed),
                                       renderer=k.renderer, precision=precision,
                                       max_steps=k.max_steps, device=k.device)
-        real_frames[0] += shift_info["frames"]
+        real_frames[0] += shift_info["env_steps"]  # real frames, as the fitness counts them
         if progress is not False:
             gap, after = shift_info["action_gap"][1], shift_info["action_gap_shifted"][1]
             print(f"latent shift: {shift_info['frames']} frames, C's gas on approximate minus "
